@@ -26,3 +26,16 @@ def test_every_command_has_help(name, capsys):
 def test_unknown_command_is_an_error(capsys):
     assert main(["trian"]) == 2
     assert "unknown command 'trian'" in capsys.readouterr().err
+
+
+def test_unknown_yaml_key_names_the_valid_ones(tmp_path, capsys):
+    config = tmp_path / "warm.yaml"
+    config.write_text("data: d\nout: o\nstep: 3\n")
+    assert main(["warmup", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option(s) 'step' (did you mean 'steps'?)" in err and str(config) in err
+
+
+def test_bad_choice_fails_at_start_up(capsys):
+    assert main(["warmup", "--data", "d", "--out", "o", "--frame", "square"]) == 2
+    assert "frame must be one of" in capsys.readouterr().err

@@ -1,0 +1,123 @@
+"""Records → model tensors: prompt encoding (image tokens expanded by the processor), responses, padding.
+
+Prompts and responses are tokenised separately and concatenated, so the prompt ids are identical for every
+response of a list (what the shared-prefix forward relies on) and the response/prompt boundary is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def load_image(path):
+    """Open an image as RGB, fully read (so the file handle is closed at once)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def encode_prompts(processor, prompts: Sequence[str], images: Sequence[object | None]) -> tuple[list[list[int]], dict]:
+    """Tokenise prompts with the processor, which expands each image placeholder to the model's image tokens.
+
+    Returns:
+        (prompt ids per prompt without padding, extra model inputs such as `pixel_values` [n_images, C, H, W]
+        and, for LLaVA-NeXT/OneVision, `image_sizes`).
+    """
+    present = [image for image in images if image is not None]
+    encoded = processor(images=present or None, text=list(prompts), padding=True, return_tensors="pt")
+    ids = [
+        row[mask.bool()].tolist() for row, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)
+    ]
+    extra = {key: encoded[key] for key in ("pixel_values", "image_sizes") if key in encoded and present}
+    return ids, extra
+
+
+def encode_responses(tokenizer, responses: Sequence[str]) -> list[list[int]]:
+    """Response token ids, each closed with the end-of-turn (EOS) token, as in the released code."""
+    ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    return [list(row) + [tokenizer.eos_token_id] for row in ids]
+
+
+def pad_right(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    width = max(len(row) for row in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out
+
+
+def sft_batch(processor, prompts: Sequence[str], images: Sequence[object | None], answers: Sequence[str]) -> dict:
+    """A supervised batch: [prompt][answer</s>] per row, labels only on the answer (right-padded).
+
+    Returns:
+        input_ids, attention_mask, labels: [B, T]; plus pixel_values (and image_sizes when the model needs them).
+    """
+    prompt_ids, extra = encode_prompts(processor, prompts, images)
+    answer_ids = encode_responses(processor.tokenizer, answers)
+    sequences = [p + a for p, a in zip(prompt_ids, answer_ids, strict=True)]
+    labels = [[IGNORE_INDEX] * len(p) + a for p, a in zip(prompt_ids, answer_ids, strict=True)]
+    pad_id = processor.tokenizer.pad_token_id
+    input_ids = pad_right(sequences, pad_id)
+    attention_mask = pad_right([[1] * len(s) for s in sequences], 0)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": pad_right(labels, IGNORE_INDEX),
+        **extra,
+    }
+
+
+class ListCollator:
+    """Listwise records → a `ListBatch` of token ids plus rewards and mask, for `perpo.logprobs`.
+
+    Args:
+        processor: the model's processor (its chat template formats the prompt).
+        image_root: folder that relative `image` paths are resolved against.
+        n: responses per list used for training (the first `n` of each record's responses).
+        with_answers: also build the ground-truth answers as one-response lists (for the SFT loss).
+        ref_logps: optional precomputed reference log-probs, id → N floats.
+    """
+
+    def __init__(self, processor, image_root, n: int, *, with_answers: bool = False, ref_logps: dict | None = None):
+        self.processor = processor
+        self.image_root = image_root
+        self.n = n
+        self.with_answers = with_answers
+        self.ref_logps = ref_logps
+
+    def __call__(self, records: Sequence[dict]) -> dict:
+        from perpo.data.schema import resolve_image
+        from perpo.logprobs import ListBatch
+        from perpo.prompts import chat_prompt
+
+        images = [None if not r["image"] else load_image(resolve_image(r, self.image_root)) for r in records]
+        prompts = [
+            chat_prompt(self.processor, r["question"], with_image=image is not None)
+            for r, image in zip(records, images, strict=True)
+        ]
+        prompt_ids, extra = encode_prompts(self.processor, prompts, images)
+        has_image = [image is not None for image in images]
+        tokenizer = self.processor.tokenizer
+        batch = ListBatch(
+            prompt_ids=prompt_ids,
+            response_ids=[encode_responses(tokenizer, r["responses"][: self.n]) for r in records],
+            images=extra,
+            has_image=has_image,
+        )
+        out = {
+            "batch": batch,
+            "rewards": torch.tensor([r["rewards"][: self.n] for r in records], dtype=torch.float32),  # [B, N]
+            "mask": torch.ones(len(records), self.n, dtype=torch.bool),  # [B, N]; lists hold >= n (validated)
+            "ids": [r["id"] for r in records],
+        }
+        if self.with_answers:
+            answers = encode_responses(tokenizer, [r["answer"] for r in records])
+            out["answer_batch"] = ListBatch(prompt_ids, [[a] for a in answers], extra, has_image)
+        if self.ref_logps is not None:
+            out["ref_logps"] = torch.tensor([self.ref_logps[r["id"]] for r in records], dtype=torch.float32)
+        return out

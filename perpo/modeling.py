@@ -1,0 +1,216 @@
+"""Loading LLaVA-family models and processors, LoRA (peft), freezing, and the reference policy.
+
+Supported families, by the checkpoint's `config.model_type`: `llava` (LLaVA-1.5), `llava_next` (LLaVA-NeXT)
+and `llava_onevision` (LLaVA-OneVision), through their transformers classes. What trains follows the released
+PerPO recipe: LoRA on the language model's linear layers, the multimodal projector fully (as a peft
+`modules_to_save`, so that disabling the adapter also restores the original projector), the vision tower frozen.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+MODEL_CLASSES = {
+    "llava": "LlavaForConditionalGeneration",
+    "llava_next": "LlavaNextForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+}
+# The language model's linear layers (LLaMA/Vicuna, Qwen2): the paper's LoRA targets.
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PROJECTOR = "multi_modal_projector"
+_FINGERPRINT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".jinja", ".txt")
+_FULL_HASH_BYTES = 256 << 20
+_EDGE_BYTES = 1 << 20
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def model_class(name_or_path: str | Path, **hub_kwargs):
+    """The transformers class for a checkpoint, chosen by its `model_type`."""
+    import transformers
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
+    if config.model_type not in MODEL_CLASSES:
+        raise ValueError(
+            f"{name_or_path}: model_type {config.model_type!r} is not a supported LLaVA family "
+            f"({', '.join(MODEL_CLASSES)})"
+        )
+    return getattr(transformers, MODEL_CLASSES[config.model_type])
+
+
+def resolve_device(device: str | None = "auto") -> str:
+    """ "auto" (or None) → "cuda" when a GPU is visible, else "cpu"; anything else unchanged."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None = "auto", device: str | None = "auto") -> torch.dtype:
+    """ "auto" (or None) → bfloat16 on a GPU device, float32 on CPU; else the named dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if resolve_device(device).startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return getattr(torch, dtype)
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | None = None,
+    adapter: str | Path | None = None,
+    merge_adapter: bool = False,
+    attn_implementation: str | None = None,
+    **hub_kwargs,
+):
+    """Load a LLaVA-family model for inference or as a training base, optionally with a LoRA adapter on top.
+
+    Args:
+        name_or_path: checkpoint folder or hub id.
+        dtype: "auto" (bfloat16 on GPU, float32 on CPU), "float32", "bfloat16" or "float16".
+        device: where to put the model ("cpu", "cuda", "cuda:1", "auto"); None leaves it on CPU.
+        adapter: a peft adapter folder to apply (for inference: not trainable).
+        merge_adapter: fold the adapter into the weights (one set of weights: faster generation, same model).
+        attn_implementation: e.g. "sdpa", "eager", "flex_attention"; None lets transformers choose.
+        hub_kwargs: `revision`, `trust_remote_code`, ... passed to `from_pretrained`.
+    """
+    cls = model_class(name_or_path, **hub_kwargs)
+    kwargs = {"dtype": resolve_dtype(dtype, device), **hub_kwargs}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = cls.from_pretrained(name_or_path, **kwargs)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+        if merge_adapter:
+            model = model.merge_and_unload()
+    if device:
+        model = model.to(resolve_device(device))
+    return model.eval()
+
+
+def checkpoint_fingerprint(folder: str | Path) -> str | None:
+    """A short hash of a checkpoint folder's weights, configs and tokenizer files (None if it is not a folder).
+
+    Files up to 256 MiB are hashed whole; larger ones by name, size and their first and last MiB, so a multi-GB
+    checkpoint is identified in milliseconds. Moving or copying the folder keeps its fingerprint.
+    """
+    import hashlib
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.suffix not in _FINGERPRINT_SUFFIXES:
+            continue
+        size = path.stat().st_size
+        digest.update(f"{path.name}\x1f{size}\x1f".encode())
+        with path.open("rb") as handle:
+            if size <= _FULL_HASH_BYTES:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(_EDGE_BYTES))
+                handle.seek(size - _EDGE_BYTES)
+                digest.update(handle.read(_EDGE_BYTES))
+    return digest.hexdigest()[:16]
+
+
+def load_processor(name_or_path: str | Path, **hub_kwargs):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(name_or_path, **hub_kwargs)
+
+
+def lora_target_regex(targets: tuple[str, ...] | list[str]) -> str:
+    """A peft `target_modules` regex: the named linear layers of the language model only (not the vision tower)."""
+    return r".*language_model.*\.(" + "|".join(targets) + r")$"
+
+
+def apply_lora(
+    model,
+    *,
+    r: int,
+    alpha: int,
+    dropout: float = 0.0,
+    targets: tuple[str, ...] | list[str] = DEFAULT_LORA_TARGETS,
+    train_projector: bool = True,
+):
+    """Wrap `model` with LoRA adapters; the projector trains fully as a `modules_to_save` copy.
+
+    Everything else (vision tower, embeddings, LM head, base weights) is frozen. Keeping the trained projector
+    inside peft means `model.disable_adapter()` gives back the exact initial model: the reference policy.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=lora_target_regex(targets),
+        modules_to_save=[PROJECTOR] if train_projector else None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    # autocast_adapter_dtype=False keeps adapters in the model's dtype (a known ZeRO-3 pitfall otherwise).
+    peft_model = get_peft_model(model, config, autocast_adapter_dtype=False)
+    n_train = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in peft_model.parameters())
+    logger.info("LoRA r=%d alpha=%d: %.2f M of %.2f M parameters train", r, alpha, n_train / 1e6, n_all / 1e6)
+    return peft_model
+
+
+def disable_dropout(model) -> None:
+    """Set every `nn.Dropout` to p=0, as the released code does, so log-probs are deterministic in training.
+
+    (LLaVA-1.5/NeXT/OneVision configs already have attention dropout 0.)
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def frozen_copy(model):
+    """A detached, frozen deep copy (the `reference: copy` mode)."""
+    import copy
+
+    reference = copy.deepcopy(model)
+    reference.requires_grad_(False)
+    return reference.eval()
+
+
+def export_merged(adapter: str | Path, out: str | Path, *, base: str | None = None, dtype: str = "float32") -> Path:
+    """Merge a trained LoRA adapter (and its `modules_to_save` projector) into the base model and save it.
+
+    The result is a plain checkpoint (model + processor) that `from_pretrained` and every lmms-eval LLaVA wrapper load.
+    """
+    import json
+
+    from peft import PeftModel
+
+    from perpo.io import atomic_dir
+
+    adapter = Path(adapter)
+    config_file = adapter / "adapter_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found: is {adapter} a `perpo train` output folder?")
+    base = base or json.loads(config_file.read_text())["base_model_name_or_path"]
+    model = load_model(base, dtype=dtype)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    processor_source = adapter if (adapter / "processor_config.json").is_file() else base
+    with atomic_dir(out) as tmp:
+        merged.save_pretrained(tmp)
+        load_processor(processor_source).save_pretrained(tmp)
+    logger.info("merged %s into %s -> %s", adapter, base, out)
+    return Path(out)

@@ -1,0 +1,62 @@
+"""In-process grounding evaluation: greedy (or sampled) answers on a flat JSONL split, scored with AP@50.
+
+This is the quick check used while training (warm-up progress, demo stages). The reported numbers of record
+come from the lmms-eval tasks in `lmms_tasks/`, which call the same metric functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from perpo.boxes import gt_box_in_frame
+from perpo.data.collate import load_image
+from perpo.generation import GenerationRequest, generate
+from perpo.metrics.grounding import grounding_metrics
+from perpo.prompts import chat_prompt, grounding_question
+
+logger = logging.getLogger(__name__)
+
+
+def grounding_requests(processor, rows: Sequence[dict], image_root: str | Path) -> list[GenerationRequest]:
+    image_root = Path(image_root)
+    return [
+        GenerationRequest(
+            prompt=chat_prompt(processor, grounding_question(row["expression"])),
+            image=load_image(image_root / row["image"]),
+            key=str(row["id"]),
+        )
+        for row in rows
+    ]
+
+
+def evaluate_grounding(
+    model,
+    processor,
+    rows: Sequence[dict],
+    image_root: str | Path,
+    *,
+    frame: str = "padded",
+    batch_size: int = 32,
+    max_new_tokens: int = 24,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Mean grounding metrics (ap50, iou, parse_fail, …) of greedy answers over `rows`."""
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    starts = range(0, len(rows), batch_size)
+    for start in tqdm(starts, desc="evaluating AP@50", unit="batch", disable=not progress):
+        chunk = rows[start : start + batch_size]
+        answers = generate(
+            model, processor, grounding_requests(processor, chunk, image_root), max_new_tokens=max_new_tokens
+        )
+        for row, (answer,) in zip(chunk, answers, strict=True):
+            gt = gt_box_in_frame(row["bbox"], row["width"], row["height"], frame)
+            for key, value in grounding_metrics(answer, gt).items():
+                totals[key] = totals.get(key, 0.0) + value
+    model.train(was_training)
+    return {key: value / max(len(rows), 1) for key, value in totals.items()} | {"n": float(len(rows))}

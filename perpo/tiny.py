@@ -1,0 +1,291 @@
+"""The tiny LLaVA of the embedded default: built from config, with a tokenizer and processor made locally.
+
+Nothing is downloaded. The result is a real `LlavaForConditionalGeneration` (CLIP-style vision tower, two-layer
+MLP projector, Llama-style language model) saved with `save_pretrained`, so that
+`LlavaForConditionalGeneration.from_pretrained`, `AutoProcessor.from_pretrained` and lmms-eval's `llava_hf`
+load it unchanged.
+
+The tokenizer is word-level (the `tokenizers` library) with three kinds of token:
+  * one token per 2-decimal coordinate "0.00" … "1.00", so that each box coordinate is a single prediction
+    (much easier to learn than digit by digit);
+  * one token per word of the prompt vocabulary (the LLaVA-1.5 grounding prompt, the synthetic referring
+    expressions, the OCR prompt, the chat template);
+  * one token per printable ASCII character (space to tilde) plus newline, the fallback for anything else, so
+    such text round-trips exactly through encode/decode (any other character, a tab or a CJK one, is `<unk>`).
+Pieces are fused back without separators on decode (`decoders.Fuse`), and spaces are tokens of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
+PAD, BOS, EOS, UNK, IMAGE = SPECIAL_TOKENS
+COORDINATE_TOKENS = tuple(f"{i / 100:.2f}" for i in range(101))
+
+# Words that get a token of their own. Anything else is spelled out in characters.
+PROMPT_WORDS = (
+    # chat template
+    "USER", "ASSISTANT",
+    # LLaVA-1.5 grounding prompt and lmms-eval's refcoco preamble
+    "Please", "please", "provide", "the", "bounding", "box", "coordinate", "coordinates", "of", "region", "this",
+    "sentence", "describes", "Bounding", "are", "specified", "in", "format", "top", "left", "bottom", "right",
+    "All", "values", "floating", "point", "numbers", "bounded", "between", "and", "Answer", "with",
+    # synthetic referring expressions (perpo.data.synth)
+    "red", "green", "blue", "yellow", "purple", "orange", "circle", "square", "triangle", "above", "below",
+    "The", "a", "to", "next", "on", "small", "big", "large",
+    # page OCR prompt (Fox)
+    "OCR", "image", "text", "page", "Read", "all",
+)  # fmt: skip
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{% endif %} "
+    "{% elif message['role'] == 'assistant' %}ASSISTANT: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}</s>"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT: {% endif %}"
+)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Sizes of the tiny LLaVA. The defaults train to a useful grounding model in tens of CPU minutes."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden: int = 96
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 192
+    text_layers: int = 3
+    text_heads: int = 4
+    text_intermediate: int = 512
+    max_positions: int = 512
+    vocab_size: int = 0  # 0: exactly the tokenizer's vocabulary; larger pads the embedding/LM head (benchmarks)
+    seed: int = 0
+
+    @property
+    def image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+def build_vocab() -> dict[str, int]:
+    """Token → id: specials first (pad=0, bos=1, eos=2, unk=3, image=4), coordinates, words, characters."""
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    vocab: dict[str, int] = {}
+    for token in (*SPECIAL_TOKENS, *COORDINATE_TOKENS, *PROMPT_WORDS, *chars):
+        vocab.setdefault(token, len(vocab))
+    return vocab
+
+
+def build_tokenizer():
+    """A `PreTrainedTokenizerFast` over the word-level vocabulary (see the module docstring)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = build_vocab()
+    words = sorted(PROMPT_WORDS, key=len, reverse=True)
+    # A coordinate is 0.dd or 1.dd not glued to other digits; a word must stand alone; else one character.
+    pattern = r"(?<![\d.])[01]\.\d\d(?![\d])|\b(?:" + "|".join(words) + r")\b|[\s\S]"
+    core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        pad_token=PAD,
+        extra_special_tokens={"image_token": IMAGE},
+        padding_side="left",
+        model_max_length=1024,
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_processor(spec: TinySpec = TinySpec()):
+    """`LlavaProcessor` = LLaVA image processor (pad to square with the CLIP mean, as LLaVA-1.5) + tokenizer."""
+    from transformers import LlavaImageProcessor, LlavaProcessor
+
+    image_processor = LlavaImageProcessor(
+        do_pad=True,
+        do_resize=True,
+        size={"shortest_edge": spec.image_size},
+        do_center_crop=True,
+        crop_size={"height": spec.image_size, "width": spec.image_size},
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+        do_convert_rgb=True,
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=build_tokenizer(),
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_config(spec: TinySpec = TinySpec()):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vocab = build_vocab()
+    vision = CLIPVisionConfig(
+        hidden_size=spec.vision_hidden,
+        intermediate_size=4 * spec.vision_hidden,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        projection_dim=spec.vision_hidden,
+        hidden_act="quick_gelu",
+    )
+    text = LlamaConfig(
+        vocab_size=max(len(vocab), spec.vocab_size),
+        hidden_size=spec.text_hidden,
+        intermediate_size=spec.text_intermediate,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_heads,
+        max_position_embeddings=spec.max_positions,
+        pad_token_id=vocab[PAD],
+        bos_token_id=vocab[BOS],
+        eos_token_id=vocab[EOS],
+        tie_word_embeddings=False,
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=vocab[IMAGE],
+        image_seq_length=spec.image_tokens,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        projector_hidden_act="gelu",
+    )
+
+
+def build_model(spec: TinySpec = TinySpec()):
+    """A randomly initialised tiny `LlavaForConditionalGeneration` (seeded by `spec.seed`)."""
+    import torch
+    from transformers import GenerationConfig, LlavaForConditionalGeneration
+
+    torch.manual_seed(spec.seed)
+    model = LlavaForConditionalGeneration(build_config(spec))
+    vocab = build_vocab()
+    model.generation_config = GenerationConfig(
+        bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[PAD], max_new_tokens=24
+    )
+    return model
+
+
+def save_tiny_model(out: Path, spec: TinySpec = TinySpec(), model=None) -> Path:
+    """Write model + processor (+ the spec as `perpo_tiny.json`) into `out` atomically; return `out`."""
+    from perpo.io import atomic_dir
+
+    model = model if model is not None else build_model(spec)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        build_processor(spec).save_pretrained(tmp)
+        (tmp / "perpo_tiny.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("tiny LLaVA (%.2f M parameters) written to %s", n_params / 1e6, out)
+    return out
+
+
+FAMILIES = ("llava", "llava_next", "llava_onevision")
+
+
+def build_family(family: str, spec: TinySpec = TinySpec()):
+    """A tiny random model + processor of another LLaVA family (anyres image tiling), for tests and benchmarks.
+
+    `llava_next` and `llava_onevision` tile the image at the resolutions in `image_grid_pinpoints` (multiples of
+    `spec.image_size`), so the number of image tokens depends on the image's size, as in the real models.
+
+    Returns:
+        (model, processor)
+    """
+    import torch
+    import transformers
+
+    if family == "llava":
+        return build_model(spec), build_processor(spec)
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    side = spec.image_size
+    pinpoints = [[side, 2 * side], [2 * side, side], [2 * side, 2 * side]]
+    base = build_config(spec)
+    vocab = build_vocab()
+    common = dict(
+        vision_config=base.vision_config,
+        text_config=base.text_config,
+        image_token_index=vocab[IMAGE],
+        image_grid_pinpoints=pinpoints,
+        projector_hidden_act="gelu",
+    )
+    image_kwargs = dict(
+        size={"shortest_edge": side} if family == "llava_next" else {"height": side, "width": side},
+        crop_size={"height": side, "width": side},
+        image_grid_pinpoints=pinpoints,
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
+    torch.manual_seed(spec.seed)
+    if family == "llava_next":
+        config = transformers.LlavaNextConfig(
+            **common,
+            vision_feature_select_strategy="default",
+            vision_feature_layer=-1,
+            image_seq_length=spec.image_tokens,
+        )
+        model = transformers.LlavaNextForConditionalGeneration(config)
+        processor = transformers.LlavaNextProcessor(
+            image_processor=transformers.LlavaNextImageProcessor(**image_kwargs),
+            tokenizer=build_tokenizer(),
+            patch_size=spec.patch_size,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+            chat_template=CHAT_TEMPLATE,
+        )
+    else:
+        config = transformers.LlavaOnevisionConfig(
+            # CLIP has a CLS token that SigLIP (the real OneVision tower) lacks: drop it so tiles stay square.
+            **common,
+            vision_feature_select_strategy="default",
+            vision_feature_layer=-1,
+            vision_aspect_ratio="anyres_max_9",
+        )
+        model = transformers.LlavaOnevisionForConditionalGeneration(config)
+        processor = transformers.LlavaOnevisionProcessor(
+            image_processor=transformers.LlavaOnevisionImageProcessor(**image_kwargs),
+            tokenizer=build_tokenizer(),
+            video_processor=transformers.LlavaOnevisionVideoProcessor(),
+            num_image_tokens=spec.image_tokens + 1,  # counted with CLS; "default" makes the processor drop one
+            vision_feature_select_strategy="default",
+            chat_template=CHAT_TEMPLATE,
+        )
+    return model, processor
