@@ -119,7 +119,86 @@ def _demo(argv: list[str]) -> int:
     return 0
 
 
-DATA_PARSERS = (_add_synth_parser,)
+def _add_preference_data_parsers(sub) -> None:
+    """`perpo data instructions` and `perpo data import-perpo` (preference-data sources, perpo.data.sources)."""
+    inst = sub.add_parser(
+        "instructions",
+        help="write an instruction JSONL for `perpo sample` from synth, RefCOCO-family or Fox-style data",
+        description="Turn a data source into instruction records (perpo/data/schema.py): grounding from the "
+        "synthetic benchmark (--data) or the refer layout of RefCOCO/RefCOCO+/RefCOCOg (--refer_root, "
+        "--coco_images), page OCR from a Fox-style JSON + image folder (--fox_json, --fox_images). With --total, "
+        "a seeded subsample with an equal share per dataset (the paper samples RefCOCO/+/g equally). Image paths "
+        "under the output's folder are stored relative to it, others absolute.",
+    )
+    inst.add_argument("--source", dest="input", required=True, choices=("synth", "refcoco", "fox"), help="data source")
+    inst.add_argument("--out", required=True, type=Path, help="output instruction JSONL (written atomically)")
+    inst.add_argument("--frame", default="padded", choices=("padded", "original"), help="box frame (default padded)")
+    inst.add_argument("--split", default="train", help="split to read (default train)")
+    inst.add_argument("--total", type=int, default=0, help="seeded equal-share subsample of this size (0 = all)")
+    inst.add_argument("--seed", type=int, default=0, help="subsample seed (default 0)")
+    inst.add_argument("--data", type=Path, help="synth: the benchmark folder from `perpo data synth`")
+    inst.add_argument("--refer_root", type=Path, help="refcoco: folder with refcoco/, refcoco+/, refcocog/")
+    inst.add_argument("--coco_images", type=Path, help="refcoco: COCO train2014 image folder")
+    inst.add_argument(
+        "--datasets", default="refcoco,refcoco+,refcocog", help="refcoco: comma-separated dataset folders"
+    )
+    inst.add_argument("--fox_json", type=Path, help="fox: the page list, e.g. en_page_ocr.json")
+    inst.add_argument("--fox_images", type=Path, help="fox: the page image folder, e.g. en_pdf_png/")
+    imp = sub.add_parser(
+        "import-perpo",
+        help="convert the authors' released PerPO data.json (answers_gen, iou_scores) into train.jsonl records",
+        description="Import the released listwise data.json of the PerPO authors: one train record per entry with "
+        "responses = answers_gen and rewards = iou_scores (reward iou). The released answers are rounded to 2 "
+        "decimals: with --refer_root the exact ground-truth box is recovered from RefCOCO/+/g train by image and "
+        "expression; otherwise the parsed answer is the target and meta.target_source says so.",
+    )
+    imp.add_argument("data_json", type=Path, help="the released data.json")
+    imp.add_argument("--out", required=True, type=Path, help="output train JSONL (written atomically)")
+    imp.add_argument("--frame", default="padded", choices=("padded", "original"), help="box frame (default padded)")
+    imp.add_argument("--image_folder", type=Path, help="folder image_path is relative to (default: keep as released)")
+    imp.add_argument("--refer_root", type=Path, help="refer data root, to recover exact (unrounded) targets")
+    imp.add_argument("--datasets", default="refcoco,refcoco+,refcocog", help="datasets searched with --refer_root")
+    inst.set_defaults(handler=_preference_data)
+    imp.set_defaults(handler=_preference_data)
+
+
+def _preference_data(args, parser) -> int:
+    from perpo.data import sources
+
+    if args.source == "import-perpo":
+        rows = None
+        if args.refer_root:
+            rows = sources.released_refer_rows(args.refer_root, [d for d in args.datasets.split(",") if d])
+        records = sources.import_perpo_data(
+            args.data_json, frame=args.frame, image_folder=args.image_folder, refer_rows=rows
+        )
+        sources.write_records(args.out, records, stage="train")
+        exact = sum(r["meta"]["target_source"] == "refer" for r in records)
+        print(f"{len(records)} lists ({exact} with exact targets from refer) -> {args.out}")
+        return 0
+    needs = {"synth": ("data",), "refcoco": ("refer_root", "coco_images"), "fox": ("fox_json", "fox_images")}
+    missing = [f"--{name}" for name in needs[args.input] if getattr(args, name) is None]
+    if missing:
+        parser.error(f"--source {args.input} needs {' and '.join(missing)}")
+    if args.input == "synth":
+        records = sources.synth_instructions(args.data, args.split, frame=args.frame)
+    elif args.input == "refcoco":
+        datasets = [d for d in args.datasets.split(",") if d]
+        records = sources.refer_instructions(
+            args.refer_root, args.coco_images, datasets=datasets, split=args.split, frame=args.frame
+        )
+    else:
+        records = sources.fox_instructions(args.fox_json, args.fox_images)
+    if args.total:
+        records = sources.equal_share_sample(records, args.total, args.seed)
+    sources.write_records(args.out, records)
+    datasets = sorted({str(r.get("meta", {}).get("dataset", "")) for r in records})
+    counts = ", ".join(f"{d}: {sum(r.get('meta', {}).get('dataset') == d for r in records)}" for d in datasets)
+    print(f"{len(records)} instructions ({counts}) -> {args.out}")
+    return 0
+
+
+DATA_PARSERS = (_add_synth_parser, _add_preference_data_parsers)
 
 
 def _data(argv: list[str]) -> int:
@@ -131,10 +210,59 @@ def _data(argv: list[str]) -> int:
     return args.handler(args, parser)
 
 
+def _sample(argv: list[str]) -> int:
+    from perpo.config import parse_command
+    from perpo.sampling import SampleConfig, run_sample
+
+    (cfg,) = parse_command(
+        [SampleConfig],
+        argv,
+        prog="perpo sample",
+        description="Sample N responses per instruction with a LLaVA-family model (optional LoRA adapter), in "
+        "batches, seeded per instruction: the same seed gives the same samples whatever the batch size or restart "
+        "point. The output JSONL is append-only; killed at any moment, the same command resumes where it stopped "
+        "and the finished file equals an uninterrupted run's. Outputs made with other settings are refused.",
+    )
+    summary = run_sample(cfg)
+    print(
+        f"sampled {summary['sampled']} instructions ({summary['resumed']} already done, {summary['total']} in all) "
+        f"x {cfg.n} responses in {summary['seconds']:.1f} s -> {summary['out']}"
+    )
+    return 0
+
+
+def _build_data(argv: list[str]) -> int:
+    from perpo.config import parse_command
+    from perpo.data.build import BuildDataConfig, run_build_data
+
+    (cfg,) = parse_command(
+        [BuildDataConfig],
+        argv,
+        prog="perpo build-data",
+        description="Score every sampled response with the task's discriminative reward (IoU in the record's frame "
+        "for grounding, 1 - edit distance for OCR, or a dotted-path reward), keep the lists whose margin max - min "
+        "reaches m (0.8 grounding, 0.04 OCR by default), optionally cut to a target count with an equal share per "
+        "dataset, and write train.jsonl, stats.json and stats.png to the output folder.",
+    )
+    stats = run_build_data(cfg)
+    lists, margin, bon = stats["lists"], stats["list_margin"], stats["best_of_n"]
+    print(
+        f"kept {lists['kept']} of {lists['in']} lists ({lists['passing_margin']} pass margin "
+        f"{stats['margin_threshold']:g}); mean list margin {margin['mean']:.3f}; "
+        f"parse failures {100 * (stats['responses']['parse_fail_rate'] or 0):.1f}%"
+    )
+    best = ", ".join(f"{k}: {v:.3f}" for k, v in zip(bon["k"], bon["mean_best"], strict=True))
+    print(f"best-of-k mean reward ({stats['reward_name']}): {best}")
+    print(f"-> {Path(cfg.out) / 'train.jsonl'}, stats.json, stats.png")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "setup": Command("install the WordNet data METEOR needs (offline on Debian) and check it loads", _setup),
     "tiny-model": Command("build the tiny LLaVA from config and save it (model + processor)", _tiny_model),
     "data": Command("build datasets: `perpo data SOURCE` (`perpo data --help` lists the sources)", _data),
+    "sample": Command("sample N responses per instruction (resumable, seeded per instruction)", _sample),
+    "build-data": Command("score responses, margin-filter the lists, write train.jsonl + stats", _build_data),
     "warmup": Command("supervised warm-up of the tiny LLaVA on the synthetic train split", _warmup),
     "demo": Command("run the embedded default end to end (what `make demo` runs)", _demo),
 }
