@@ -257,6 +257,49 @@ def _build_data(argv: list[str]) -> int:
     return 0
 
 
+def _train(argv: list[str]) -> int:
+    from transformers import TrainingArguments
+
+    from perpo.config import parse_command
+    from perpo.trainer import PerPOArguments, run_train, single_process_distributed_env
+
+    args, training_args = parse_command(
+        [PerPOArguments, TrainingArguments],
+        argv,
+        prog="perpo train",
+        description="Train a LLaVA-family model on listwise data with PerPO or a baseline (--loss perpo|lipo|"
+        "listwise|dpo|sft): peft LoRA, the reference kept fixed (--reference adapter|copy|precomputed), "
+        "optional DeepSpeed (--deepspeed perpo/configs/deepspeed/zero3.json). Every transformers "
+        "TrainingArguments flag works too (--learning_rate, --per_device_train_batch_size, --resume_from_checkpoint, "
+        "--report_to tensorboard, ...). Recipes: perpo/configs/*.yaml.",
+    )
+    if training_args.deepspeed:
+        single_process_distributed_env()
+    out = run_train(args, training_args)
+    print(f"trained adapters and processor written to {out}")
+    return 0
+
+
+def _export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="perpo export",
+        description="Write a standalone Hugging Face checkpoint from a training output: the base model with the "
+        "LoRA adapter (and trained projector) merged in, plus the processor. Any lmms-eval model wrapper "
+        "(llava_hf, perpo_llava) loads the result with plain from_pretrained.",
+    )
+    parser.add_argument("adapter", type=Path, help="training output folder (adapter_config.json inside)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
+    parser.add_argument("--base", default=None, help="base model (default: the one recorded in the adapter)")
+    parser.add_argument("--merge", action="store_true", help="merge the adapter into the weights (export always does)")
+    parser.add_argument("--dtype", default="float32", help="saved dtype: float32, bfloat16, float16")
+    args = parser.parse_args(argv)
+    from perpo.modeling import export_merged
+
+    out = export_merged(args.adapter, args.out, base=args.base, dtype=args.dtype)
+    print(f"merged checkpoint written to {out}")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "setup": Command("install the WordNet data METEOR needs (offline on Debian) and check it loads", _setup),
     "tiny-model": Command("build the tiny LLaVA from config and save it (model + processor)", _tiny_model),
@@ -264,6 +307,8 @@ COMMANDS: dict[str, Command] = {
     "sample": Command("sample N responses per instruction (resumable, seeded per instruction)", _sample),
     "build-data": Command("score responses, margin-filter the lists, write train.jsonl + stats", _build_data),
     "warmup": Command("supervised warm-up of the tiny LLaVA on the synthetic train split", _warmup),
+    "train": Command("train with PerPO / LiPO / listwise / DPO / SFT (LoRA, DeepSpeed ZeRO-3)", _train),
+    "export": Command("merge a trained LoRA adapter into its base model as a standalone checkpoint", _export),
     "demo": Command("run the embedded default end to end (what `make demo` runs)", _demo),
 }
 

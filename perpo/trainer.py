@@ -1,0 +1,327 @@
+"""`perpo train`: listwise preference training of LLaVA-family models (PerPO, LiPO-λ, listwise, DPO, SFT).
+
+One `transformers.Trainer` subclass computes per-response summed log-probs for the policy and the reference
+(`perpo.logprobs`, naive or shared-prefix layout) and calls the loss by name (`perpo.losses.LOSSES`). peft LoRA
+trains the language model; the projector trains as a peft `modules_to_save` copy; DeepSpeed ZeRO-2/3 comes in
+through `--deepspeed CONFIG.json` as in every HF recipe.
+
+The reference policy never drifts:
+    adapter      the policy with its adapters disabled (exact: everything trained lives in the adapter);
+    copy         a frozen deep copy of the initial model;
+    precomputed  log-probs computed once with the initial model and stored beside the data, keyed by model and
+                 data fingerprints; a stored file that does not match is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import resource
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from perpo.config import ConfigError, opt
+from perpo.data.collate import ListCollator
+from perpo.logprobs import LAYOUTS, ListBatch, sequence_logps
+from perpo.losses import LOSS_NEEDS_REFERENCE, LOSSES
+from perpo.modeling import DEFAULT_LORA_TARGETS
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_MODES = ("adapter", "copy", "precomputed")
+
+
+@dataclass
+class PerPOArguments:
+    """PerPO's own options of `perpo train` (the rest are `transformers.TrainingArguments`)."""
+
+    model_name_or_path: str = opt(help="base model: a LLaVA / LLaVA-NeXT / LLaVA-OneVision folder or hub id")
+    data: str = opt(help="listwise training file (train.jsonl from `perpo build-data`)")
+    image_root: str | None = opt(
+        None, help="folder that relative image paths resolve against (default: data's folder)"
+    )
+    loss: str = opt("perpo", help=f"training objective: {', '.join(LOSSES)}")
+    beta: float = opt(0.1, help="β: scale of the log-ratio scores")
+    gamma: float = opt(0.5, help="γ: PerPO pair-weight exponent |r_i - r_j|^γ (0 = uniform listwise)")
+    n: int = opt(20, help="responses per list used for training (the first N of each list; shorter lists fail)")
+    use_lora: bool = opt(True, help="train LoRA adapters (else: full fine-tuning of the language model)")
+    lora_r: int = opt(128, help="LoRA rank")
+    lora_alpha: int = opt(256, help="LoRA alpha")
+    lora_dropout: float = opt(0.0, help="LoRA dropout (the released code zeroes all dropout)")
+    lora_targets: list[str] = opt(list(DEFAULT_LORA_TARGETS), help="language-model linear layers that get LoRA")
+    train_projector: bool = opt(True, help="train the multimodal projector fully (as the released code does)")
+    reference: str = opt("adapter", help=f"reference policy: {', '.join(REFERENCE_MODES)}")
+    ref_logps_file: str | None = opt(None, help="precomputed reference log-probs file (default: beside the data)")
+    layout: str = opt("shared", help=f"log-prob layout: {', '.join(LAYOUTS)} (naive = N full sequences)")
+    pack: int = opt(1, help="shared layout: lists packed into one row")
+    chunk_size: int | None = opt(None, help="rows per forward chunk (recomputed in backward) for lists too big")
+    dtype: str = opt("auto", help="model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    attn_implementation: str | None = opt(None, help="attention kernel: sdpa (default), eager")
+    max_lists: int | None = opt(None, help="train on the first N lists only (smoke tests)")
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.reference not in REFERENCE_MODES:
+            raise ConfigError(f"reference must be one of {', '.join(REFERENCE_MODES)}, got {self.reference!r}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.reference == "adapter" and not self.use_lora:
+            raise ConfigError("reference=adapter needs use_lora=true; use reference=copy or precomputed instead")
+        if self.n < 1 or self.pack < 1 or self.beta <= 0 or self.gamma < 0:
+            raise ConfigError("need n >= 1, pack >= 1, beta > 0 and gamma >= 0")
+        if self.loss != "sft" and self.n < 2:
+            raise ConfigError(f"loss {self.loss} ranks responses: it needs n >= 2 responses per list")
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, records: list[dict]):
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.records[index]
+
+
+class PerPOTrainer(Trainer):
+    """`Trainer` whose loss is a listwise objective over per-response log-probs.
+
+    Args:
+        perpo_args: PerPO's options (loss, β, γ, reference mode, layout).
+        ref_model: the frozen reference (reference=copy only).
+    """
+
+    def __init__(self, *args, perpo_args: PerPOArguments, ref_model=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.perpo_args = perpo_args
+        self.ref_model = ref_model
+        self.loss_fn = LOSSES[perpo_args.loss]
+        self.model_accepts_loss_kwargs = False  # our loss is a mean over lists; Trainer divides by GA steps
+        self._stats: dict[str, list[float]] = defaultdict(list)
+        self._lists = 0
+        self._tokens = 0
+        self._last_log = time.perf_counter()
+
+    def train(self, *args, **kwargs):
+        self._last_log = time.perf_counter()  # throughput excludes set-up time
+        return super().train(*args, **kwargs)
+
+    def _logps(self, model, batch: ListBatch):
+        a = self.perpo_args
+        pad = self.processing_class.tokenizer.pad_token_id
+        return sequence_logps(model, batch, layout=a.layout, pad_id=pad, pack=a.pack, chunk_size=a.chunk_size)
+
+    def reference_logps(self, model, inputs: dict) -> torch.Tensor | None:
+        """[B, N] reference log-probs: stored, from the frozen copy, or from the policy with adapters disabled."""
+        if self.perpo_args.loss not in LOSS_NEEDS_REFERENCE:
+            return None
+        if "ref_logps" in inputs:
+            return inputs["ref_logps"]
+        with torch.no_grad():
+            if self.ref_model is not None:
+                return self._logps(self.ref_model, inputs["batch"])[0]
+            with _peft_model(model).disable_adapter():
+                return self._logps(model, inputs["batch"])[0]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        a = self.perpo_args
+        batch: ListBatch = inputs["answer_batch"] if a.loss == "sft" else inputs["batch"]
+        policy_logps, lengths = self._logps(model, batch)  # [B, N]
+        ref_logps = self.reference_logps(model, inputs)
+        rewards, mask = inputs["rewards"], inputs["mask"]
+        if a.loss == "sft":
+            rewards, mask = torch.zeros_like(policy_logps), torch.ones_like(policy_logps, dtype=torch.bool)
+        loss, stats = self.loss_fn(
+            policy_logps, ref_logps, rewards.to(policy_logps.device), mask.to(policy_logps.device),
+            lengths=lengths, beta=a.beta, gamma=a.gamma,
+        )  # fmt: skip
+        for key, value in stats.items():
+            self._stats[key].append(float(value))
+        self._lists += len(batch.prompt_ids)
+        self._tokens += sum(
+            len(p) + sum(len(r) for r in rs) for p, rs in zip(batch.prompt_ids, batch.response_ids, strict=True)
+        )
+        return (loss, {"policy_logps": policy_logps}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the loss statistics (NaN-aware means since the last log), throughput and peak memory."""
+        if "loss" in logs:
+            for key, values in self._stats.items():
+                finite = [v for v in values if not math.isnan(v)]
+                logs[key] = sum(finite) / len(finite) if finite else float("nan")
+            elapsed = max(time.perf_counter() - self._last_log, 1e-9)
+            logs["throughput/lists_per_s"] = self._lists / elapsed
+            logs["throughput/tokens_per_s"] = self._tokens / elapsed
+            logs["memory/peak_gb"] = peak_memory_gb()
+            self._stats.clear()
+            self._lists = self._tokens = 0
+            self._last_log = time.perf_counter()
+        super().log(logs, start_time)
+
+
+def _peft_model(model):
+    while hasattr(model, "module"):
+        model = model.module
+    if not hasattr(model, "disable_adapter"):
+        raise ConfigError("reference=adapter needs a peft model (use_lora=true)")
+    return model
+
+
+def single_process_distributed_env() -> None:
+    """Environment for a one-process torch.distributed group (DeepSpeed without a launcher, e.g. on CPU)."""
+    import os
+    import socket
+
+    if "RANK" in os.environ or "LOCAL_RANK" in os.environ:
+        return  # started by a launcher (deepspeed, torchrun, accelerate): keep its settings
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+
+
+def peak_memory_gb() -> float:
+    """Peak accelerator memory if on GPU, else the process's peak resident memory (GB)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+# ------------------------------------------------------------------------------------------- reference cache
+
+
+def model_fingerprint(name_or_path: str) -> str:
+    """A local checkpoint's content fingerprint; the id and commit for a hub model."""
+    from perpo.modeling import checkpoint_fingerprint
+
+    local = checkpoint_fingerprint(name_or_path)
+    if local is not None:
+        return local
+    from transformers import AutoConfig
+
+    return f"{name_or_path}@{getattr(AutoConfig.from_pretrained(name_or_path), '_commit_hash', '')}"
+
+
+def reference_cache_key(model_fp: str, data_path: str | Path, args: PerPOArguments) -> dict:
+    data_sha = hashlib.sha256(Path(data_path).read_bytes()).hexdigest()
+    return {"model": model_fp, "data_sha256": data_sha, "n": args.n, "max_lists": args.max_lists}
+
+
+def precompute_reference(model, collator: ListCollator, records: list[dict], args: PerPOArguments, batch_size: int):
+    """Reference log-probs of every list (id → N floats) with the initial model, no gradient."""
+    from tqdm import tqdm
+
+    pad = collator.processor.tokenizer.pad_token_id
+    out = {}
+    model.eval()
+    with torch.no_grad():
+        for start in tqdm(range(0, len(records), batch_size), desc="reference log-probs", unit="batch"):
+            chunk = records[start : start + batch_size]
+            inputs = collator(chunk)
+            logps, _ = sequence_logps(model, inputs["batch"], layout=args.layout, pad_id=pad, pack=args.pack)
+            for record, row in zip(chunk, logps.tolist(), strict=True):
+                out[record["id"]] = row
+    return out
+
+
+def load_or_compute_reference(model, collator, records, args: PerPOArguments, batch_size: int) -> dict:
+    """Stored reference log-probs if their key matches this model and data; computed and stored otherwise."""
+    from perpo.io import write_json
+
+    key = reference_cache_key(model_fingerprint(args.model_name_or_path), args.data, args)
+    default = Path(args.data).with_suffix(
+        f".ref-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}.json"
+    )
+    path = Path(args.ref_logps_file) if args.ref_logps_file else default
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("key") != key:
+            raise ConfigError(
+                f"{path}: reference log-probs were computed for another model or data "
+                f"(stored key {stored.get('key')}, this run {key}). Delete the file or point --ref_logps_file "
+                "elsewhere."
+            )
+        missing = [r["id"] for r in records if r["id"] not in stored["logps"]]
+        if missing:
+            raise ConfigError(f"{path}: no reference log-probs for ids {missing[:3]}…")
+        logger.info("reference log-probs loaded from %s", path)
+        return stored["logps"]
+    logps = precompute_reference(model, collator, records, args, batch_size)
+    write_json(path, {"key": key, "logps": logps})
+    logger.info("reference log-probs stored at %s", path)
+    return logps
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+
+def run_train(args: PerPOArguments, training_args: TrainingArguments) -> Path:
+    """Load data and model, set up LoRA and the reference, train, save adapters (+ processor). Returns the output."""
+    from transformers import set_seed
+
+    from perpo.config import save_resolved
+    from perpo.data.schema import load_records
+    from perpo.modeling import apply_lora, disable_dropout, frozen_copy, load_model, load_processor
+
+    set_seed(training_args.seed)  # before LoRA's random init, so a run is reproducible from its seed
+    data = Path(args.data)
+    records = load_records(data, stage="train", n=args.n)  # fails at start-up on short lists or bad fields
+    if args.max_lists:
+        records = records[: args.max_lists]
+    if not records:
+        raise ConfigError(f"{data}: no training lists")
+    out = Path(training_args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(out, "train_config", args, training_args)
+
+    processor = load_processor(args.model_name_or_path)
+    model = load_model(args.model_name_or_path, dtype=args.dtype, attn_implementation=args.attn_implementation)
+    model.train()
+    disable_dropout(model)
+    model.requires_grad_(False)
+    image_root = args.image_root or str(data.parent)
+    collator = ListCollator(processor, image_root, args.n, with_answers=args.loss == "sft")
+
+    ref_model = None
+    if args.loss in LOSS_NEEDS_REFERENCE and args.reference == "precomputed":
+        ref = load_or_compute_reference(model, collator, records, args, training_args.per_device_train_batch_size)
+        collator.ref_logps = ref
+    elif args.loss in LOSS_NEEDS_REFERENCE and args.reference == "copy":
+        ref_model = frozen_copy(model)
+
+    if args.use_lora:
+        model = apply_lora(
+            model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=args.lora_targets,
+            train_projector=args.train_projector,
+        )  # fmt: skip
+    else:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad = "vision_tower" not in name and (args.train_projector or "projector" not in name)
+    model.train()
+    if training_args.gradient_checkpointing:
+        training_args.gradient_checkpointing_kwargs = training_args.gradient_checkpointing_kwargs or {
+            "use_reentrant": False
+        }
+    training_args.remove_unused_columns = False
+    trainer = PerPOTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=ListDataset(records),
+        data_collator=collator,
+        processing_class=processor,
+        perpo_args=args,
+        ref_model=ref_model,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(str(out))
+    processor.save_pretrained(out)
+    return out

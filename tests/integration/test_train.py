@@ -1,0 +1,262 @@
+"""`perpo train` through the real transformers Trainer on the test-size tiny LLaVA (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback, TrainingArguments
+
+from perpo.boxes import format_box, gt_box_in_frame
+from perpo.cli import main
+from perpo.io import read_jsonl, write_jsonl
+from perpo.losses import LOSSES
+from perpo.prompts import grounding_question
+from perpo.trainer import PerPOArguments, run_train
+
+pytestmark = pytest.mark.slow
+N = 4
+
+
+@pytest.fixture(scope="module")
+def listwise_data(synth_data, tmp_path_factory):
+    """Train-stage records from the synthetic benchmark with N jittered box answers and random rewards."""
+    rng = random.Random(0)
+    records = []
+    for row in read_jsonl(synth_data / "synth_train.jsonl")[:8]:
+        gt = gt_box_in_frame(row["bbox"], row["width"], row["height"], "padded")
+        responses = [format_box([min(max(v + rng.uniform(-0.3, 0.3), 0), 1) for v in gt]) for _ in range(N)]
+        records.append(
+            {
+                "id": row["id"],
+                "task": "grounding",
+                "image": str(synth_data / row["image"]),
+                "question": grounding_question(row["expression"]),
+                "answer": format_box(gt),
+                "target": list(gt),
+                "frame": "padded",
+                "responses": responses,
+                "rewards": [round(rng.random(), 3) for _ in range(N)],
+                "reward": "iou",
+            }
+        )
+    return write_jsonl(tmp_path_factory.mktemp("listwise") / "train.jsonl", records)
+
+
+def _args(model, data, **kw):
+    return PerPOArguments(model_name_or_path=str(model), data=str(data), n=N, lora_r=4, lora_alpha=8, **kw)
+
+
+def _training(out, **kw):
+    base = dict(
+        output_dir=str(out), per_device_train_batch_size=2, max_steps=2, logging_steps=1, learning_rate=5e-3,
+        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0, data_seed=0,
+    )  # fmt: skip
+    return TrainingArguments(**(base | kw))
+
+
+def _adapter(out):
+    return load_file(str(out / "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_each_loss_trains_through_the_trainer(loss, tiny_llava, listwise_data, tmp_path):
+    out = run_train(_args(tiny_llava, listwise_data, loss=loss), _training(tmp_path / loss))
+    weights = _adapter(out)
+    lora = [k for k in weights if "lora_B" in k]
+    assert lora and any(weights[k].abs().sum() > 0 for k in lora)  # B starts at zero: it moved
+    assert any("multi_modal_projector" in k for k in weights)  # the projector trains too
+    history = json.loads((out / "train_config.json").read_text())
+    assert history["PerPOArguments"]["loss"] == loss
+
+
+@pytest.fixture
+def add_callback(monkeypatch):
+    """Attach a TrainerCallback to every PerPOTrainer built during the test."""
+    from perpo.trainer import PerPOTrainer
+
+    original = PerPOTrainer.__init__
+
+    def attach(callback):
+        def init(self, *a, **k):
+            original(self, *a, **k)
+            self.add_callback(callback)
+
+        monkeypatch.setattr(PerPOTrainer, "__init__", init)
+
+    return attach
+
+
+def test_lora_moves_base_stays_and_reference_is_fixed(tiny_llava, listwise_data, tmp_path, monkeypatch, add_callback):
+    from perpo.modeling import load_model
+    from perpo.trainer import PerPOTrainer
+
+    refs = []
+    original = PerPOTrainer.reference_logps
+    monkeypatch.setattr(
+        PerPOTrainer, "reference_logps", lambda self, m, i: refs.append(original(self, m, i).clone()) or refs[-1]
+    )
+    final = {}
+
+    class Snapshot(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            final.update({k: v.detach().clone() for k, v in model.named_parameters()})
+
+    add_callback(Snapshot())
+    # One list, batch 1, four steps: the same list every step while the adapter moves.
+    args = _args(tiny_llava, listwise_data, max_lists=1)
+    run_train(args, _training(tmp_path / "fixed", per_device_train_batch_size=1, max_steps=4))
+
+    assert len(refs) == 4 and all(torch.equal(ref, refs[0]) for ref in refs)
+    initial = load_model(tiny_llava, dtype="float32").state_dict()
+    base = {k: v for k, v in final.items() if "lora_" not in k and "modules_to_save" not in k}
+    for name, value in base.items():
+        plain = name.replace("base_model.model.", "").replace(".base_layer", "").replace(".original_module", "")
+        assert torch.equal(value, initial[plain]), name
+    assert any(v.abs().sum() > 0 for k, v in final.items() if "lora_B" in k)
+
+
+def test_gradient_accumulation_matches_a_bigger_batch(tiny_llava, listwise_data, tmp_path):
+    args = _args(tiny_llava, listwise_data, max_lists=2)
+    one = run_train(args, _training(tmp_path / "b2", per_device_train_batch_size=2, max_steps=1))
+    two = run_train(
+        args, _training(tmp_path / "b1ga2", per_device_train_batch_size=1, gradient_accumulation_steps=2, max_steps=1)
+    )
+    a, b = _adapter(one), _adapter(two)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_forward_gives_the_same_training_step(tiny_llava, listwise_data, tmp_path):
+    args = _args(tiny_llava, listwise_data, max_lists=2)
+    whole = _adapter(run_train(args, _training(tmp_path / "whole", max_steps=1)))
+    args.chunk_size = 1
+    chunked = _adapter(run_train(args, _training(tmp_path / "chunked", max_steps=1)))
+    for key in whole:
+        torch.testing.assert_close(whole[key], chunked[key], rtol=1e-4, atol=1e-6)
+
+
+def test_naive_and_shared_layouts_train_identically(tiny_llava, listwise_data, tmp_path):
+    naive = _adapter(run_train(_args(tiny_llava, listwise_data, layout="naive"), _training(tmp_path / "naive")))
+    shared = _adapter(run_train(_args(tiny_llava, listwise_data, layout="shared"), _training(tmp_path / "shared")))
+    for key in naive:
+        torch.testing.assert_close(naive[key], shared[key], rtol=1e-3, atol=1e-5)
+
+
+def test_killed_after_a_checkpoint_and_resumed_ends_with_the_same_adapter(
+    tiny_llava, listwise_data, tmp_path, add_callback
+):
+    args = _args(tiny_llava, listwise_data)
+    straight = _adapter(run_train(args, _training(tmp_path / "straight", max_steps=4)))
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, training_args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt  # killed between checkpoint 2 and the end
+
+    out = tmp_path / "resumed"
+    saving = dict(max_steps=4, save_strategy="steps", save_steps=2)
+    add_callback(Crash())
+    with pytest.raises(KeyboardInterrupt):
+        run_train(args, _training(out, **saving))
+    assert (out / "checkpoint-2").is_dir() and not (out / "adapter_model.safetensors").exists()
+    add_callback(TrainerCallback())  # no crash this time
+    resumed = _adapter(run_train(args, _training(out, resume_from_checkpoint=str(out / "checkpoint-2"), **saving)))
+    for key in straight:
+        torch.testing.assert_close(straight[key], resumed[key], rtol=1e-5, atol=1e-7)
+
+
+def test_precomputed_reference_is_stored_reused_and_refused_when_stale(tiny_llava, listwise_data, tmp_path):
+    from perpo.config import ConfigError
+
+    ref_file = tmp_path / "ref.json"
+    args = _args(tiny_llava, listwise_data, reference="precomputed", ref_logps_file=str(ref_file))
+    adapter_precomputed = _adapter(run_train(args, _training(tmp_path / "pre")))
+    stored = json.loads(ref_file.read_text())
+    assert len(stored["logps"]) == 8 and all(len(v) == N for v in stored["logps"].values())
+    online = _adapter(run_train(_args(tiny_llava, listwise_data), _training(tmp_path / "online")))
+    for key in online:  # precomputed once == adapters disabled on the fly
+        torch.testing.assert_close(online[key], adapter_precomputed[key], rtol=1e-3, atol=1e-5)
+    stored["key"]["model"] = "0" * 64
+    ref_file.write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match="computed for another model or data"):
+        run_train(args, _training(tmp_path / "stale"))
+
+
+def test_start_up_errors_name_the_problem(tiny_llava, listwise_data, tmp_path, capsys):
+    base = ["train", "--model_name_or_path", str(tiny_llava), "--output_dir", str(tmp_path / "o"), "--use_cpu", "true"]
+    assert main([*base, "--data", str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl not found" in capsys.readouterr().err
+    assert main([*base, "--data", str(listwise_data), "--n", "5"]) == 2
+    assert "fewer than N=5" in capsys.readouterr().err
+    config = tmp_path / "typo.yaml"
+    config.write_text(f"model_name_or_path: {tiny_llava}\ndata: {listwise_data}\nbetta: 0.2\n")
+    assert main(["train", str(config), "--output_dir", str(tmp_path / "o")]) == 2
+    assert "unknown option(s) 'betta' (did you mean 'beta'?)" in capsys.readouterr().err
+    assert main([*base, "--data", str(listwise_data), "--loss", "ipo"]) == 2
+    assert "loss must be one of" in capsys.readouterr().err
+
+
+def test_deepspeed_zero3_and_export_through_the_cli(tiny_llava, listwise_data, tmp_path):
+    """The real DeepSpeed ZeRO-3 path (CPU accelerator, gloo, one process), then a merged export that loads."""
+    from perpo.configs import CONFIG_DIR
+
+    out, merged = tmp_path / "zero3", tmp_path / "merged"
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "perpo.cli",
+        "train",
+        "--model_name_or_path",
+        str(tiny_llava),
+        "--data",
+        str(listwise_data),
+    ]
+    cmd += ["--n", str(N), "--lora_r", "4", "--lora_alpha", "8", "--output_dir", str(out), "--max_steps", "2"]
+    cmd += ["--per_device_train_batch_size", "2", "--use_cpu", "true", "--report_to", "none", "--save_strategy", "no"]
+    cmd += [
+        "--deepspeed",
+        str(CONFIG_DIR / "deepspeed" / "zero3.json"),
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+    ]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'loss'" in result.stdout + result.stderr
+    weights = _adapter(out)
+    assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)
+
+    assert main(["export", str(out), "--merge", "--out", str(merged)]) == 0
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(merged)
+    AutoProcessor.from_pretrained(merged)
+    assert not any("lora" in k for k in model.state_dict())
+
+
+RECIPES = sorted(p for p in (Path(__file__).parents[2] / "perpo" / "configs").glob("*.yaml") if "_perpo_" in p.name)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_training_recipes_parse_and_name_existing_deepspeed_configs(recipe):
+    """Every packaged recipe is a valid `perpo train` config (bf16/GPU switched off here, on a CPU)."""
+    from perpo.config import load_yaml, parse_command
+
+    args, training = parse_command(
+        [PerPOArguments, TrainingArguments], [str(recipe), "--bf16", "false", "--use_cpu", "true", "--deepspeed", ""],
+        "perpo train", "",
+    )  # fmt: skip
+    assert args.loss == "perpo" and args.n == 20 and args.lora_r == 128 and training.learning_rate == 5e-6
+    deepspeed = load_yaml(recipe)["deepspeed"]
+    assert (Path(__file__).parents[2] / deepspeed).is_file(), deepspeed
