@@ -86,6 +86,41 @@ def _synth_data(args, parser) -> int:
     return 0
 
 
+def _add_refcoco_parser(sub) -> None:
+    refcoco = sub.add_parser(
+        "refcoco",
+        help="the standard RefCOCO/RefCOCO+/RefCOCOg evaluation splits as flat JSONL (for PERPO_REFCOCO_DIR)",
+        description="Read the refer annotations (<refer_root>/<dataset>/instances.json + refs(<split_by>).p) with "
+        "pycocotools and write the standard evaluation splits (RefCOCO/RefCOCO+ unc val/testA/testB, RefCOCOg umd "
+        "val/test) as one JSONL row per referring expression, a link to the COCO images and a manifest. Point "
+        "PERPO_REFCOCO_DIR at the output folder to run the perpo_refcoco* lmms-eval tasks.",
+    )
+    refcoco.add_argument("--refer_root", required=True, type=Path, help="folder with refcoco/, refcoco+/, refcocog/")
+    refcoco.add_argument("--coco_images", required=True, type=Path, help="COCO train2014 image folder")
+    refcoco.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
+    refcoco.add_argument(
+        "--datasets", default="refcoco,refcoco+,refcocog", help="comma-separated (default refcoco,refcoco+,refcocog)"
+    )
+    refcoco.set_defaults(handler=_refcoco_data)
+
+
+def _refcoco_data(args, parser) -> int:
+    from perpo.config import ConfigError
+    from perpo.data.refcoco import build_refcoco
+
+    names = [name for name in args.datasets.split(",") if name.strip()]
+    try:
+        out = build_refcoco(args.refer_root, args.coco_images, args.out, names)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    manifest = json.loads((out / "manifest.json").read_text())
+    for info in manifest["datasets"].values():
+        for split, counts in info["splits"].items():
+            print(f"{info['name']:>8} {split:>5}: {counts['expressions']} expressions -> {out / counts['jsonl']}")
+    print(f"export PERPO_REFCOCO_DIR={out.resolve()}")
+    return 0
+
+
 def _warmup(argv: list[str]) -> int:
     from perpo.config import parse_command
     from perpo.warmup import WarmupConfig, run_warmup
@@ -198,7 +233,7 @@ def _preference_data(args, parser) -> int:
     return 0
 
 
-DATA_PARSERS = (_add_synth_parser, _add_preference_data_parsers)
+DATA_PARSERS = (_add_synth_parser, _add_refcoco_parser, _add_preference_data_parsers)
 
 
 def _data(argv: list[str]) -> int:
@@ -300,6 +335,28 @@ def _export(argv: list[str]) -> int:
     return 0
 
 
+def _eval(argv: list[str]) -> int:
+    from perpo.config import parse_command
+    from perpo.evaluation import EvalConfig, run_eval
+
+    (cfg,) = parse_command(
+        [EvalConfig],
+        argv,
+        prog="perpo eval",
+        description="Run lmms-eval on the perpo_* tasks (grounding, page OCR, best-of-N, no-image) as an "
+        "eval_configs/ YAML describes (model, adapter, tasks, samples, seed, data folders, output folder), then "
+        "collect results.json, samples/<task>.jsonl and the resolved config into the output folder. Flags override "
+        "the YAML.",
+    )
+    run = run_eval(cfg)
+    for task, metrics in run["summary"].items():
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+        print(f"{task}: {shown}")
+    print(f"results: {run['results']}")
+    print(f"samples: {run['output_dir'] / 'samples'} ({len(run['samples'])} tasks)")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "setup": Command("install the WordNet data METEOR needs (offline on Debian) and check it loads", _setup),
     "tiny-model": Command("build the tiny LLaVA from config and save it (model + processor)", _tiny_model),
@@ -310,6 +367,7 @@ COMMANDS: dict[str, Command] = {
     "train": Command("train with PerPO / LiPO / listwise / DPO / SFT (LoRA, DeepSpeed ZeRO-3)", _train),
     "export": Command("merge a trained LoRA adapter into its base model as a standalone checkpoint", _export),
     "demo": Command("run the embedded default end to end (what `make demo` runs)", _demo),
+    "eval": Command("run lmms-eval on the perpo_* tasks from an eval_configs/ YAML; collect results + samples", _eval),
 }
 
 

@@ -1,0 +1,279 @@
+"""`perpo_llava`: an lmms-eval chat model for LLaVA-family checkpoints, with LoRA adapters and batched generation.
+
+    lmms-eval --model perpo_llava \
+        --model_args pretrained=llava-hf/llava-1.5-7b-hf,adapter=runs/perpo/adapter,seed=0 \
+        --tasks perpo_refcoco --batch_size 16 --output_path out --log_samples
+
+What it adds over lmms-eval's `llava_hf`:
+
+- loads any LLaVA-family folder or hub id (`llava`, `llava_next`, `llava_onevision` model types, picked from the
+  config), optionally with a peft LoRA adapter on top (`adapter=DIR`, `merge_adapter=true` to merge it);
+- runs on CPU (float32 by default) or GPU (bfloat16 by default); `device=` and `dtype=` override;
+- batches: `--batch_size` is the number of sequences per `generate` call (requests with the same generation
+  settings are batched together; a best-of-N request takes N rows);
+- honours `temperature` (sampling when > 0, as `llava_hf` does), `top_p`, `max_new_tokens` and `until` (the
+  answer is cut at the first stop string); sampling is reproducible per sample: sample i of a document draws
+  from its own random stream seeded by (`seed`, task/split/doc id, i) (`perpo.generation`), so the N samples of a
+  best-of-N task are distinct, and identical whatever the batch size or the other documents of the batch;
+- answers documents without an image (the `noimg` ablation) with a text-only prompt instead of crashing;
+  documents with several images are refused with a clear error (none of the perpo tasks has them).
+
+The prompt is the checkpoint's own chat template applied to the task's messages (images first, as lmms-eval's
+chat tasks build them), i.e. the same prompt `llava_hf`'s chat path builds. Single process only (no accelerate
+data parallelism). Throughput is logged per call and lands in the results JSON's `throughput` block: docs/s over
+the whole call (images, prompts, generation), tokens/s over generation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+from lmms_eval.models.model_utils.gen_metrics import log_metrics
+from tqdm import tqdm
+
+from perpo.generation import GenerationRequest, generate
+
+logger = logging.getLogger(__name__)
+
+GEN_KEYS = {"max_new_tokens", "temperature", "top_p", "do_sample", "num_beams", "until"}
+
+
+def truncate_at_stops(text: str, until: str | Sequence[str] | None) -> str:
+    """Cut `text` at the first occurrence of any non-empty stop string (lmms-eval's `until`)."""
+    stops = [until] if isinstance(until, str) else list(until or [])
+    cut = min((text.find(s) for s in stops if s and s in text), default=-1)
+    return text[:cut] if cut >= 0 else text
+
+
+@dataclass
+class _Unit:
+    """One distinct (document, generation settings) with the request positions that asked for it."""
+
+    task: str
+    split: str
+    doc_id: int
+    doc_to_messages: object
+    gen_kwargs: dict
+    positions: list[int] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}/{self.split}/{self.doc_id}"
+
+
+class PerpoLlava(lmms):
+    """lmms-eval chat model over `perpo.generation.generate` (see the module docstring).
+
+    Args:
+        pretrained: Model folder or hub id of a LLaVA-family checkpoint (its processor is loaded from the same place).
+        adapter: Optional peft adapter folder applied on top.
+        merge_adapter: Merge the adapter into the weights after loading (faster; rounding in low precision).
+        device: "cpu", "cuda", "cuda:1", ...; default cuda when available, else cpu.
+        dtype: "float32", "bfloat16", "float16" or "auto"; default float32 on CPU, bfloat16 on GPU.
+        batch_size: Sequences per generate call (lmms-eval's `--batch_size`).
+        max_new_tokens: Used when a task's generation_kwargs give none.
+        seed: Seed of the per-sample random streams (sampling only).
+        revision: Hub revision.
+        trust_remote_code: Passed to from_pretrained.
+        attn_implementation: Passed to from_pretrained (e.g. "sdpa", "flash_attention_2").
+        max_batch_size: Accepted for lmms-eval's CLI; unused.
+    """
+
+    is_simple = False
+
+    def __init__(
+        self,
+        pretrained: str,
+        adapter: str | None = None,
+        merge_adapter: bool = False,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int | str = 16,
+        max_new_tokens: int = 64,
+        seed: int = 0,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        attn_implementation: str | None = None,
+        max_batch_size: int | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__()
+        if kwargs:
+            raise TypeError(
+                f"perpo_llava: unknown model_args {sorted(kwargs)}; valid: pretrained, adapter, merge_adapter, "
+                "device, dtype, batch_size, max_new_tokens, seed, revision, trust_remote_code, attn_implementation"
+            )
+        from perpo.modeling import load_model, load_processor, resolve_device, resolve_dtype
+
+        device = resolve_device(device)
+        dtype = str(resolve_dtype(dtype, device)).removeprefix("torch.")
+        try:
+            self.batch_size_per_gpu = int(batch_size)
+        except ValueError as err:
+            raise ValueError(f"perpo_llava: batch_size must be an integer, got {batch_size!r}") from err
+        if self.batch_size_per_gpu < 1:
+            raise ValueError(f"perpo_llava: batch_size must be >= 1, got {batch_size}")
+        self.max_new_tokens = int(max_new_tokens)
+        self.seed = int(seed)
+        self.pretrained = str(pretrained)
+        self.adapter = str(adapter) if adapter else None
+        self._device = torch.device(device)
+        hub_kwargs = {"trust_remote_code": bool(trust_remote_code)}
+        if revision:
+            hub_kwargs["revision"] = str(revision)
+        self._model = load_model(
+            self.pretrained,
+            dtype=dtype,
+            device=device,
+            adapter=self.adapter,
+            merge_adapter=bool(merge_adapter),
+            attn_implementation=str(attn_implementation) if attn_implementation else None,
+            **hub_kwargs,
+        )
+        self.processor = load_processor(self.pretrained, **hub_kwargs)
+        self.processor.tokenizer.padding_side = "left"
+        logger.info(
+            "perpo_llava: %s%s on %s (%s), batch %d",
+            self.pretrained,
+            f" + adapter {self.adapter}" + (" (merged)" if merge_adapter else "") if self.adapter else "",
+            device,
+            dtype,
+            self.batch_size_per_gpu,
+        )
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def device(self):
+        return self._device
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _prompt_and_image(self, messages: list[dict]) -> tuple[str, object | None]:
+        """The chat-template prompt of lmms-eval messages, and their image (None when the document has none)."""
+        from PIL import Image
+
+        images, turns = [], []
+        for message in messages:
+            content = message["content"]
+            if isinstance(content, str):
+                turns.append({"role": message["role"], "content": content})
+                continue
+            items = []
+            for item in content:
+                kind = item["type"]
+                if kind == "text":
+                    items.append({"type": "text", "text": item["text"]})
+                elif kind == "image":
+                    image = item["url"]
+                    if not isinstance(image, Image.Image):
+                        with Image.open(image) as opened:
+                            image = opened.convert("RGB")
+                    images.append(image)
+                    items.append({"type": "image"})
+                else:
+                    raise ValueError(f"perpo_llava handles image and text content only, got {kind!r}")
+            turns.append({"role": message["role"], "content": items})
+        if len(images) > 1:
+            raise ValueError(f"perpo_llava handles at most one image per document, got {len(images)}")
+        prompt = self.processor.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+        return prompt, images[0] if images else None
+
+    def _sampling(self, gen_kwargs: dict) -> dict:
+        ignored = sorted(set(gen_kwargs) - GEN_KEYS)
+        if ignored:
+            logger.debug("perpo_llava ignores generation_kwargs %s", ignored)
+        if int(gen_kwargs.get("num_beams") or 1) != 1:
+            raise ValueError("perpo_llava decodes greedily or by sampling; num_beams > 1 is not supported")
+        temperature = float(gen_kwargs.get("temperature") or 0.0)
+        return {
+            "temperature": temperature,
+            "top_p": float(gen_kwargs.get("top_p") or 1.0),
+            "max_new_tokens": int(gen_kwargs.get("max_new_tokens") or self.max_new_tokens),
+        }
+
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        """Answer every request; repeated requests of one document (best-of-N) get distinct reproducible samples.
+
+        Args:
+            requests: Instances whose `args` are `(ctx, doc_to_messages, gen_kwargs, doc_id, task, split)`; the
+                same instance appears N times for a task with `repeats: N`.
+
+        Returns:
+            One answer per request, in request order.
+        """
+        started = time.perf_counter()
+        units: dict[tuple, _Unit] = {}
+        for position, request in enumerate(requests):
+            _ctx, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
+            settings = json.dumps(gen_kwargs, sort_keys=True, default=str)
+            unit = units.setdefault(
+                (task, split, doc_id, settings), _Unit(task, split, doc_id, doc_to_messages, dict(gen_kwargs))
+            )
+            unit.positions.append(position)
+        groups: dict[tuple, list[_Unit]] = {}
+        for (_task, _split, _doc_id, settings), unit in units.items():
+            groups.setdefault((settings, len(unit.positions)), []).append(unit)
+
+        answers: list[str | None] = [None] * len(requests)
+        elapsed, new_tokens = 0.0, 0
+        bar = tqdm(total=len(units), disable=self.rank != 0, desc="perpo_llava")
+        for (_settings, count), members in groups.items():
+            sampling = self._sampling(members[0].gen_kwargs)
+            n = count if sampling["temperature"] > 0 else 1  # greedy: one answer serves every repeat
+            per_call = max(1, self.batch_size_per_gpu // n)
+            until = members[0].gen_kwargs.get("until")
+            for start in range(0, len(members), per_call):
+                chunk = members[start : start + per_call]
+                batch = []
+                for unit in chunk:
+                    doc = self.task_dict[unit.task][unit.split][unit.doc_id]
+                    prompt, image = self._prompt_and_image(unit.doc_to_messages(doc))
+                    batch.append(GenerationRequest(prompt=prompt, image=image, key=unit.key))
+                began = time.perf_counter()
+                outputs = generate(self.model, self.processor, batch, n=n, seed=self.seed, **sampling)
+                elapsed += time.perf_counter() - began
+                for unit, samples in zip(chunk, outputs, strict=True):
+                    samples = [truncate_at_stops(text, until) for text in samples] * (count // n)
+                    new_tokens += sum(
+                        len(self.processor.tokenizer(t, add_special_tokens=False).input_ids) for t in samples[:n]
+                    )
+                    for position, text in zip(unit.positions, samples, strict=True):
+                        answers[position] = text
+                bar.update(len(chunk))
+        bar.close()
+        wall = time.perf_counter() - started  # images, prompts and generation
+        docs_per_s = len(units) / wall if wall > 0 else 0.0
+        log_metrics(
+            total_elapsed_time=elapsed,
+            total_gen_tokens=new_tokens,
+            avg_speed=new_tokens / elapsed if elapsed > 0 else 0.0,
+            additional_metrics={"docs_per_s": docs_per_s, "request_count": len(requests)},
+        )
+        logger.info(
+            "perpo_llava: %d docs (%d requests) in %.2f s (%.2f s generating), %.2f docs/s",
+            len(units),
+            len(requests),
+            wall,
+            elapsed,
+            docs_per_s,
+        )
+        return [answer if answer is not None else "" for answer in answers]
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("perpo_llava generates only (loglikelihood tasks are not supported)")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError("perpo_llava does not support multi-round generation")

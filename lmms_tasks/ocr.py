@@ -1,0 +1,83 @@
+"""lmms-eval hooks of the Fox page-OCR tasks.
+
+Scoring is `perpo.metrics.ocr`. Per page, greedy tasks return the six official metrics under their
+plain names, computed in the official script's argument order (its "precision" is the true recall, its BLEU and
+METEOR score the ground truth against the output: the order the published numbers use), and the textbook order
+of the four order-dependent metrics as `precision_textbook`, `recall_textbook`, `bleu_textbook`,
+`meteor_textbook` (edit distance and F1 are symmetric). `edit_dist` is lower-is-better. `record` holds the
+identifying fields. Best-of-N tasks return `edit_dist_*` (best = lowest) and `f1_*` first/mean/best and the
+best-of-k curves (`lmms_tasks.bestofk`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lmms_tasks.bestofk import best_of_n_summary
+from lmms_tasks.images import blank_like, open_image
+from perpo.metrics.ocr import normalized_edit_distance, ocr_metrics, set_precision_recall_f1, tokenize_pair
+
+ORDER_DEPENDENT = ("precision", "recall", "bleu", "meteor")
+
+
+def doc_to_visual(doc: dict) -> list:
+    """The page image as is (the model's processor resizes or pads it as the model was trained)."""
+    return [open_image(doc["image"])]
+
+
+def doc_to_blank_visual(doc: dict) -> list:
+    """The `blankimg` ablation: a uniform CLIP-mean image of the page's size."""
+    with open_image(doc["image"]) as page:
+        return [blank_like(*page.size)]
+
+
+def doc_to_no_visual(doc: dict) -> list:
+    """The `noimg` ablation: the OCR question without the page."""
+    return []
+
+
+def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:
+    """The benchmark's own question ("OCR this image: "), with optional model-specific pre/post prompts."""
+    kwargs = lmms_eval_specific_kwargs or {}
+    return f"{kwargs.get('pre_prompt', '')}{doc['question']}{kwargs.get('post_prompt', '')}"
+
+
+def _record(doc: dict, response: str) -> dict:
+    return {
+        "id": doc["id"],
+        "language": doc["language"],
+        "image": doc.get("file_name", ""),
+        "reference_chars": len(doc["reference"]),
+        "response_chars": len(response),
+    }
+
+
+def process_results(doc: dict, results: Sequence[str]) -> dict:
+    """The Fox metrics of the first response of a page, both argument orders, plus `record`."""
+    response = results[0] if results else ""
+    official = ocr_metrics(response, doc["reference"], official_order=True)
+    textbook = ocr_metrics(response, doc["reference"], official_order=False)
+    out: dict = dict(official)
+    out.update({f"{key}_textbook": textbook[key] for key in ORDER_DEPENDENT})
+    out["record"] = _record(doc, response)
+    return out
+
+
+def _f1(response: str, reference: str) -> float:
+    hyp, ref = tokenize_pair(response, reference)
+    return set_precision_recall_f1(hyp, ref)[2] or 0.0
+
+
+def process_results_bon(doc: dict, results: Sequence[str]) -> dict:
+    """Edit distance and F1 (both symmetric) of all N sampled responses: first/mean/best and best-of-k curves."""
+    responses = list(results) or [""]
+    distances = [normalized_edit_distance(r, doc["reference"]) for r in responses]
+    f1s = [_f1(r, doc["reference"]) for r in responses]
+    out: dict = {}
+    out.update(best_of_n_summary("edit_dist", distances, higher_is_better=False))
+    out.update(best_of_n_summary("f1", f1s))
+    out["n_samples"] = float(len(responses))
+    record = _record(doc, responses[0])
+    record.update({"edit_dists": distances, "f1s": f1s})
+    out["record"] = record
+    return out
