@@ -357,6 +357,18 @@ def _eval(argv: list[str]) -> int:
     return 0
 
 
+def _report(argv: list[str]) -> int:
+    from reports.cli import report_command
+
+    return report_command(argv, prog="perpo report")
+
+
+def _compare(argv: list[str]) -> int:
+    from reports.cli import compare_command
+
+    return compare_command(argv, prog="perpo compare")
+
+
 COMMANDS: dict[str, Command] = {
     "setup": Command("install the WordNet data METEOR needs (offline on Debian) and check it loads", _setup),
     "tiny-model": Command("build the tiny LLaVA from config and save it (model + processor)", _tiny_model),
@@ -368,6 +380,8 @@ COMMANDS: dict[str, Command] = {
     "export": Command("merge a trained LoRA adapter into its base model as a standalone checkpoint", _export),
     "demo": Command("run the embedded default end to end (what `make demo` runs)", _demo),
     "eval": Command("run lmms-eval on the perpo_* tasks from an eval_configs/ YAML; collect results + samples", _eval),
+    "report": Command("paper-style tables, paper numbers, figures and a comparison from a report config", _report),
+    "compare": Command("compare two result folders: metric changes, per-sample wins/losses, a gallery", _compare),
 }
 
 

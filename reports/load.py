@@ -1,0 +1,544 @@
+"""lmms-eval result folders → one tidy DataFrame, with metadata read from the files' contents.
+
+Accepted inputs (a path may be any of these; nothing is inferred from file or folder names beyond the layouts
+lmms-eval and `perpo eval` write):
+
+- a `perpo eval` output folder: `results.json`, `samples/<task>.jsonl`, `eval_config.json`, `command.json`;
+- a raw lmms-eval `--output_path` folder: `<model>/<timestamp>_results.json` + `<timestamp>_samples_<task>.jsonl`
+  (one run per results file), or one `<model>/` folder of it, or a `*_results.json` file.
+
+Metadata per run, from contents only:
+
+- model, adapter, seed: `eval_config.json` (`EvalConfig`) when present, else the results JSON's
+  `config.model_args` (`pretrained=...,adapter=...,seed=...`) and `config.random_seed`;
+- method and training settings (loss, N, β, γ, LoRA r/α, learning rate): the `train_config.json` that
+  `perpo train` writes beside the adapter (or into a fully fine-tuned model folder), and the adapter's
+  `adapter_config.json`; the margin threshold m from the `stats.json` that `perpo build-data` writes beside the
+  training data. No adapter and no training record: method `base`. Relative paths recorded in these files are
+  resolved against the current folder (where `perpo eval` / `perpo train` were run, normally the repository root);
+- per task: frame (`frame,none`, or the task config's `metadata.frame`), image mode (`metadata.image`), samples per
+  document (`metadata.samples` / `repeats`), documents scored (`record,none` or `n-samples`), dataset and split
+  (the first logged record of the samples file, else the task config).
+
+Anything a table, figure or comparison cannot use is reported as a `Problem` (unknown metric, non-numeric value,
+missing samples file or training record), never silently dropped. `RunSpec` lets a report config name a run's
+label and method, or fill metadata its files do not hold.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from perpo.config import ConfigError
+from reports.catalog import direction, metric_info
+
+logger = logging.getLogger(__name__)
+
+TIDY_COLUMNS = [
+    "run",
+    "model",
+    "method",
+    "adapter",
+    "task",
+    "dataset",
+    "split",
+    "image",
+    "num_samples",
+    "metric",
+    "filter",
+    "value",
+    "stderr",
+    "better",
+    "n_docs",
+    "seed",
+    "frame",
+    "loss",
+    "n",
+    "beta",
+    "gamma",
+    "margin",
+    "lora_r",
+    "lora_alpha",
+    "is_group",
+    "results_file",
+]
+"""Columns of the tidy table: one row per run x task x metric x filter. `n` is the training list size N (Table 3),
+`num_samples` the evaluation samples per document (best-of-N), `n_docs` the documents scored."""
+
+META_FIELDS = ("model", "adapter", "method", "seed", "loss", "n", "beta", "gamma", "margin", "lora_r", "lora_alpha")
+"""Run-level metadata carried into every tidy row (plus `learning_rate`, `train_config` kept on the run only)."""
+
+METHOD_LABELS = {
+    "base": "base",
+    "sft": "SFT",
+    "dpo": "DPO",
+    "perpo": "PerPO",
+    "lipo": "LiPO-λ",
+    "listwise": "Listwise",
+}
+"""Display names of the methods (`perpo train --loss` names); any other method string is shown as given."""
+METHOD_ORDER = ("base", "sft", "dpo", "lipo", "listwise", "perpo")
+"""Row order of methods in the tables (the paper's: base, +SFT, +DPO, +PerPO)."""
+
+NOT_METRICS = ("alias", "frame", "record", "samples", " ")
+"""Keys of `results[task]` that are not metrics: labels and counts our tasks aggregate (`frame`, `record`)."""
+
+
+@dataclass
+class RunSpec:
+    """One result location as a report config names it.
+
+    Attributes:
+        path: A `perpo eval` folder, a raw lmms-eval output folder, or a `*_results.json` file.
+        label: Row label in tables and legends (default: from model and method).
+        method: Overrides the method read from the training record (e.g. `sft` for a warm-up continuation).
+        model_label: Display name of the (base) model, e.g. `LLaVA-v1.5-7B`.
+        meta: Metadata the files do not hold (e.g. `{"n": 8}` for an external model), overriding what was read.
+    """
+
+    path: str
+    label: str | None = None
+    method: str | None = None
+    model_label: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        unknown = set(self.meta) - set(META_FIELDS) - {"learning_rate"}
+        if unknown:
+            raise ConfigError(f"run {self.path}: unknown meta key(s) {sorted(unknown)}; valid: {list(META_FIELDS)}")
+
+
+@dataclass
+class Problem:
+    """Something a report could not use, kept for the report's "problems" section.
+
+    Attributes:
+        run: Run label. kind: `unknown_metric`, `non_numeric`, `missing_metric`, `missing_file`, `metadata`.
+        task, metric: Where (empty when not about one metric). detail: A sentence for the user.
+    """
+
+    run: str
+    kind: str
+    task: str = ""
+    metric: str = ""
+    detail: str = ""
+
+
+@dataclass
+class Run:
+    """One lmms-eval results file with its samples and metadata."""
+
+    label: str
+    path: Path
+    results_file: Path
+    results: dict[str, Any]
+    samples_files: dict[str, Path]
+    meta: dict[str, Any]
+    model_label: str
+
+    @property
+    def method_label(self) -> str:
+        return METHOD_LABELS.get(str(self.meta.get("method")), str(self.meta.get("method")))
+
+    def samples(self, task: str) -> list[dict]:
+        """The logged samples of `task` (one dict per document), or [] if the run has no samples file for it."""
+        path = self.samples_files.get(task)
+        if path is None:
+            return []
+        with path.open(encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+
+    def first_sample(self, task: str) -> dict | None:
+        path = self.samples_files.get(task)
+        if path is None:
+            return None
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    return json.loads(line)
+        return None
+
+
+@dataclass
+class ResultSet:
+    """Loaded runs, their tidy table (`TIDY_COLUMNS`) and the problems met while loading."""
+
+    runs: list[Run]
+    frame: pd.DataFrame
+    problems: list[Problem]
+
+    def run(self, label: str) -> Run:
+        for run in self.runs:
+            if run.label == label:
+                return run
+        raise ConfigError(f"no run labelled {label!r}; runs: {[r.label for r in self.runs]}")
+
+    def value(self, run: str, task: str, metric: str, filter: str = "none") -> float | None:
+        """One metric value, or None when the run lacks it."""
+        rows = self.frame[
+            (self.frame.run == run)
+            & (self.frame.task == task)
+            & (self.frame.metric == metric)
+            & (self.frame["filter"] == filter)
+        ]
+        if rows.empty or pd.isna(rows.value.iloc[0]):
+            return None
+        return float(rows.value.iloc[0])
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+
+
+def _raw_run(results_file: Path) -> tuple[Path, dict[str, Path]]:
+    prefix = results_file.name[: -len("results.json")]
+    samples = {
+        path.name[len(prefix) + len("samples_") : -len(".jsonl")]: path
+        for path in sorted(results_file.parent.glob(f"{prefix}samples_*.jsonl"))
+    }
+    return results_file, samples
+
+
+def discover(path: str | Path) -> list[tuple[Path, Path, dict[str, Path]]]:
+    """The results files under `path`: `[(run folder, results file, {task: samples file})]`.
+
+    Raises:
+        FileNotFoundError: If `path` holds none of the accepted layouts (the message names them).
+    """
+    path = Path(path)
+    if path.is_file() and path.name.endswith("results.json"):
+        return [(path.parent, *_raw_run(path))] if path.name != "results.json" else [_perpo_eval_run(path.parent)]
+    if (path / "results.json").is_file():
+        return [_perpo_eval_run(path)]
+    found = sorted(path.glob("*_results.json")) or sorted(path.glob("*/*_results.json"))
+    if not found:
+        raise FileNotFoundError(
+            f"no lmms-eval results under {path}: expected a `perpo eval` folder (results.json, samples/), an "
+            "lmms-eval --output_path folder (<model>/<timestamp>_results.json) or a *_results.json file"
+        )
+    return [(f.parent, *_raw_run(f)) for f in found]
+
+
+def _perpo_eval_run(folder: Path) -> tuple[Path, Path, dict[str, Path]]:
+    samples = {p.stem: p for p in sorted((folder / "samples").glob("*.jsonl"))}
+    return folder, folder / "results.json", samples
+
+
+# ---------------------------------------------------------------------------------------------- metadata
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def parse_model_args(model_args: str | dict | None) -> dict[str, str]:
+    """lmms-eval's `--model_args` (`key=value,key=value`, as recorded in `results["config"]`) as a dict."""
+    if isinstance(model_args, dict):
+        return {str(k): str(v) for k, v in model_args.items()}
+    out: dict[str, str] = {}
+    for part in (model_args or "").split(","):
+        key, sep, value = part.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _resolve(recorded: str | None) -> Path | None:
+    """A path recorded in a results or config file, resolved against the current folder when relative."""
+    if not recorded:
+        return None
+    return Path(recorded).expanduser()
+
+
+def training_metadata(folder: Path) -> tuple[dict[str, Any], list[str]]:
+    """Method and training settings from a training output folder (adapter or fully fine-tuned model).
+
+    Args:
+        folder: The folder `perpo train` wrote (`train_config.json`, `adapter_config.json`).
+
+    Returns:
+        The metadata found (`method`, `loss`, `n`, `beta`, `gamma`, `lora_r`, `lora_alpha`, `learning_rate`,
+        `margin`, `train_config`), and notes about what could not be read.
+    """
+    meta: dict[str, Any] = {}
+    notes: list[str] = []
+    train = _read_json(folder / "train_config.json")
+    if train is not None:
+        args = train.get("PerPOArguments", {})
+        training = train.get("TrainingArguments", {})
+        meta.update(
+            {
+                "method": args.get("loss"),
+                "loss": args.get("loss"),
+                "n": args.get("n"),
+                "beta": args.get("beta"),
+                "gamma": args.get("gamma"),
+                "learning_rate": training.get("learning_rate"),
+                "train_config": str(folder / "train_config.json"),
+            }
+        )
+        if args.get("use_lora", True):
+            meta.update({"lora_r": args.get("lora_r"), "lora_alpha": args.get("lora_alpha")})
+        data = _resolve(args.get("data"))
+        stats = _read_json(data.parent / "stats.json") if data is not None else None
+        if stats is not None and "margin_threshold" in stats:
+            meta["margin"] = stats["margin_threshold"]
+        elif data is not None:
+            notes.append(f"margin unknown: no stats.json beside the training data {data}")
+    adapter = _read_json(folder / "adapter_config.json")
+    if adapter is not None:
+        meta.setdefault("lora_r", adapter.get("r"))
+        meta.setdefault("lora_alpha", adapter.get("lora_alpha"))
+        if meta.get("lora_r") is None:
+            meta["lora_r"], meta["lora_alpha"] = adapter.get("r"), adapter.get("lora_alpha")
+    if train is None:
+        notes.append(f"no train_config.json in {folder}: method and training settings unknown")
+    return meta, notes
+
+
+def run_metadata(folder: Path, results: dict) -> tuple[dict[str, Any], list[str]]:
+    """Model, adapter, seed, method and training settings of one run (see the module docstring)."""
+    notes: list[str] = []
+    eval_config = (_read_json(folder / "eval_config.json") or {}).get("EvalConfig")
+    config = results.get("config") or {}
+    model_args = parse_model_args(config.get("model_args"))
+    if eval_config is not None:
+        model, adapter, seed = eval_config.get("model"), eval_config.get("adapter"), eval_config.get("seed")
+    else:
+        model, adapter = model_args.get("pretrained") or results.get("model_name"), model_args.get("adapter")
+        seed = model_args.get("seed", config.get("random_seed"))
+    meta: dict[str, Any] = {"model": model, "adapter": adapter, "seed": _number(seed), "method": "base"}
+    trained_from = None
+    adapter_dir = _resolve(adapter)
+    model_dir = _resolve(model)
+    if adapter_dir is not None:
+        trained_from = adapter_dir
+        if not adapter_dir.is_dir():
+            notes.append(f"adapter folder {adapter_dir} not found: method and training settings unknown")
+            meta["method"] = "adapter"
+    elif model_dir is not None and (model_dir / "train_config.json").is_file():
+        trained_from = model_dir  # a fully fine-tuned output of `perpo train`
+    if trained_from is not None and trained_from.is_dir():
+        found, more = training_metadata(trained_from)
+        notes += more
+        meta.update({k: v for k, v in found.items() if v is not None})
+        if "method" not in found or found["method"] is None:
+            meta["method"] = "adapter"
+    return meta, notes
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                return value
+    return value
+
+
+def model_display(model: str | None) -> str:
+    """A short display name for a model id or folder (the last path component; display only)."""
+    if not model:
+        return "model"
+    return Path(str(model).rstrip("/")).name or str(model)
+
+
+# ---------------------------------------------------------------------------------------------- tidy rows
+
+
+def _task_info(run: Run, task: str) -> dict[str, Any]:
+    results = run.results
+    values = results.get("results", {}).get(task, {})
+    config = results.get("configs", {}).get(task, {})
+    metadata = config.get("metadata") or {}
+    if isinstance(metadata, list):  # some lmms-eval tasks write `metadata: [{version: ...}]`
+        metadata = {k: v for item in metadata if isinstance(item, dict) for k, v in item.items()}
+    first = run.first_sample(task) or {}
+    record = first.get("record") if isinstance(first.get("record"), dict) else {}
+    dataset = record.get("dataset") or ("fox" if "language" in record else None) or config.get("dataset_path")
+    split = record.get("split") or (f"{record['language']}_page" if "language" in record else None)
+    split = split or config.get("test_split")
+    n_docs = values.get("record,none")
+    if not isinstance(n_docs, (int, float)):
+        n_docs = (results.get("n-samples", {}).get(task) or {}).get("effective")
+    subtasks = results.get("group_subtasks", {}).get(task) or []
+    return {
+        "dataset": dataset,
+        "split": split,
+        "image": metadata.get("image", "image"),
+        "num_samples": metadata.get("samples", config.get("repeats", 1)),
+        "frame": values.get("frame,none", metadata.get("frame")),
+        "n_docs": n_docs,
+        "is_group": bool(subtasks),
+    }
+
+
+def _split_key(key: str) -> tuple[str, str] | None:
+    metric, sep, filt = key.partition(",")
+    if not sep:
+        return None
+    return metric, filt
+
+
+def tidy_rows(run: Run, problems: list[Problem]) -> list[dict[str, Any]]:
+    """The tidy rows of one run (`TIDY_COLUMNS`); unknown and non-numeric metrics are added to `problems`."""
+    rows = []
+    results = run.results
+    declared = results.get("higher_is_better", {})
+    tasks = dict(results.get("results", {}))
+    for group, values in (results.get("groups") or {}).items():
+        tasks.setdefault(group, values)
+    for task, values in tasks.items():
+        info = _task_info(run, task)
+        if task not in run.samples_files and not info["is_group"]:
+            problems.append(Problem(run.label, "missing_file", task, "", "no samples file (run with --log_samples)"))
+        for key, value in values.items():
+            parts = _split_key(key)
+            if parts is None:
+                continue
+            metric, filt = parts
+            if metric in NOT_METRICS or metric.endswith(("_stderr", "_stderr_clt", "_stderr_clustered")):
+                continue
+            number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+            if number is None:
+                problems.append(Problem(run.label, "non_numeric", task, metric, f"value {value!r} is not a number"))
+            elif metric_info(metric) is None:
+                problems.append(Problem(run.label, "unknown_metric", task, metric, "not in reports/tables.yaml"))
+            stderr = values.get(f"{metric}_stderr,{filt}")
+            rows.append(
+                {
+                    "run": run.label,
+                    **{k: run.meta.get(k) for k in META_FIELDS},
+                    **info,
+                    "task": task,
+                    "metric": metric,
+                    "filter": filt,
+                    "value": float(number) if number is not None else math.nan,
+                    "stderr": float(stderr) if isinstance(stderr, (int, float)) else math.nan,
+                    "better": direction(metric, (declared.get(task) or {}).get(metric)),
+                    "results_file": str(run.results_file),
+                }
+            )
+        if task == "mmvet" and task in run.samples_files:
+            for derived in mmvet_capability_rows(run, task):
+                rows.append(
+                    {
+                        "run": run.label,
+                        **{k: run.meta.get(k) for k in META_FIELDS},
+                        **info,
+                        "task": task,
+                        "filter": "none",
+                        "stderr": math.nan,
+                        "better": "higher",
+                        "results_file": str(run.results_file),
+                        **derived,
+                    }
+                )
+    return rows
+
+
+MMVET_CAPABILITIES = ("rec", "ocr", "know", "gen", "spat", "math")
+
+
+def mmvet_capability_rows(run: Run, task: str = "mmvet") -> list[dict[str, Any]]:
+    """Table 5's per-capability MM-Vet scores (0-100), from the logged samples of lmms-eval's `mmvet` task.
+
+    lmms-eval's mmvet aggregation computes them (mean score of the questions that need a capability, x 100) but
+    only logs them; each sample's `gpt_eval_score` holds `capabilities` and `score`, so they are recomputed here
+    the same way, as metrics `mmvet_<capability>` of the task.
+    """
+    scores = [s.get("gpt_eval_score") for s in run.samples(task)]
+    scores = [s for s in scores if isinstance(s, dict) and "score" in s and "capabilities" in s]
+    if not scores:
+        return []
+    rows = []
+    for cap in MMVET_CAPABILITIES:
+        chosen = [float(s["score"]) for s in scores if cap in str(s["capabilities"]).split(",")]
+        if chosen:
+            rows.append({"metric": f"mmvet_{cap}", "value": 100.0 * sum(chosen) / len(chosen), "n_docs": len(chosen)})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+
+def _unique_labels(runs: list[Run], explicit: list[bool]) -> None:
+    """Make default labels unique by the first metadata field that differs among runs sharing a label."""
+    by_label: dict[str, list[int]] = {}
+    for index, run in enumerate(runs):
+        by_label.setdefault(run.label, []).append(index)
+    for label, indices in by_label.items():
+        if len(indices) < 2:
+            continue
+        if all(explicit[i] for i in indices):
+            raise ConfigError(f"two runs are labelled {label!r}; labels must be unique")
+        for name in ("n", "gamma", "margin", "lora_r", "beta", "seed", "adapter"):
+            values = [runs[i].meta.get(name) for i in indices]
+            if len(set(map(str, values))) == len(values):
+                for i, value in zip(indices, values, strict=True):
+                    if not explicit[i]:
+                        runs[i].label = f"{label} ({'γ' if name == 'gamma' else name}={value})"
+                break
+        else:
+            for k, i in enumerate(indices, start=1):
+                if not explicit[i]:
+                    runs[i].label = f"{label} #{k}"
+
+
+def load_results(specs: Sequence[RunSpec | str | Path]) -> ResultSet:
+    """Load result locations into one tidy table.
+
+    Args:
+        specs: `RunSpec`s or plain paths. A raw lmms-eval folder with several results files gives several runs.
+
+    Returns:
+        The runs (in the order given), the tidy DataFrame (`TIDY_COLUMNS`) and the problems found.
+
+    Raises:
+        FileNotFoundError: If a location holds no results file.
+        ConfigError: If two runs are given the same explicit label.
+    """
+    runs: list[Run] = []
+    explicit: list[bool] = []
+    problems: list[Problem] = []
+    notes_by_run: list[list[str]] = []
+    for spec in specs:
+        spec = spec if isinstance(spec, RunSpec) else RunSpec(path=str(spec))
+        for folder, results_file, samples in discover(spec.path):
+            results = json.loads(results_file.read_text(encoding="utf-8"))
+            meta, notes = run_metadata(folder, results)
+            if spec.method:
+                meta["method"] = spec.method
+            meta.update(spec.meta)
+            model_label = spec.model_label or model_display(meta.get("model"))
+            method = METHOD_LABELS.get(str(meta["method"]), str(meta["method"]))
+            label = spec.label or (model_label if meta["method"] == "base" else f"{model_label} + {method}")
+            runs.append(Run(label, folder, results_file, results, samples, meta, model_label))
+            explicit.append(spec.label is not None)
+            notes_by_run.append(notes)
+    _unique_labels(runs, explicit)
+    rows: list[dict[str, Any]] = []
+    for run, notes in zip(runs, notes_by_run, strict=True):
+        problems += [Problem(run.label, "metadata", detail=note) for note in notes]
+        rows += tidy_rows(run, problems)
+    frame = pd.DataFrame(rows, columns=TIDY_COLUMNS)
+    for problem in problems:
+        logger.info("%s: %s %s %s %s", problem.run, problem.kind, problem.task, problem.metric, problem.detail)
+    return ResultSet(runs, frame, problems)
+
+
+def problems_frame(problems: Iterable[Problem]) -> pd.DataFrame:
+    """The problems as a DataFrame (run, kind, task, metric, detail)."""
+    return pd.DataFrame([vars(p) for p in problems], columns=["run", "kind", "task", "metric", "detail"])
