@@ -38,12 +38,12 @@ test: $(STAMP)  ## the whole test suite (unit + integration; gpu-marked tests sk
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff check + format check
-	$(BIN)/ruff check perpo lmms_tasks reports tests benchmarks
-	$(BIN)/ruff format --check perpo lmms_tasks reports tests benchmarks
+	$(BIN)/ruff check perpo lmms_tasks reports tests benchmarks scripts
+	$(BIN)/ruff format --check perpo lmms_tasks reports tests benchmarks scripts
 
 format: $(STAMP)
-	$(BIN)/ruff format perpo lmms_tasks reports tests benchmarks
-	$(BIN)/ruff check --fix perpo lmms_tasks reports tests benchmarks
+	$(BIN)/ruff format perpo lmms_tasks reports tests benchmarks scripts
+	$(BIN)/ruff check --fix perpo lmms_tasks reports tests benchmarks scripts
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build dist *.egg-info .pytest_cache runs/demo-quick

@@ -95,7 +95,9 @@ def _ref_dpo(s: list[float], r: list[float], beta: float) -> float:
 
 
 def _released_perpo(s: list[float], r: list[float], beta: float, gamma: float) -> float:
-    """Own literal transcription of the released `perpo_loss` (ningerhhh/PerPO, perpo/trainer/base_perpo_trainer.py `perpo_loss`), one list.
+    """Own literal transcription of the released `perpo_loss`, one list.
+
+    Source: ningerhhh/PerPO, perpo/trainer/base_perpo_trainer.py `perpo_loss`.
 
     Assumes the list is sorted best-first: every i < j is treated as "i preferred", the normaliser runs
     over all index pairs, and the pair loss is written log(1 + exp(−β(s_i − s_j))) as released.
@@ -394,6 +396,7 @@ def test_stats_match_loop_reference(batch, beta: float) -> None:
 @given(batch=batches(masked=False, min_n=1))
 def test_kendall_tau_b_matches_scipy(batch) -> None:
     import scipy.stats as scipy_stats
+
     policy, ref, rewards, mask = batch
     policy = policy.round()  # integer scores so that score ties occur too
     ref = torch.zeros_like(ref)
