@@ -398,6 +398,9 @@ def _usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # The deepspeed launcher puts --local_rank=N before everything; TrainingArguments reads it after the command.
+    launcher = [a for a in argv[:1] if a.startswith("--local_rank")]
+    argv = argv[len(launcher) :] + launcher
     verbose = bool(argv) and argv[0] in ("-v", "--verbose")
     if verbose:
         argv = argv[1:]

@@ -39,3 +39,18 @@ def test_unknown_yaml_key_names_the_valid_ones(tmp_path, capsys):
 def test_bad_choice_fails_at_start_up(capsys):
     assert main(["warmup", "--data", "d", "--out", "o", "--frame", "square"]) == 2
     assert "frame must be one of" in capsys.readouterr().err
+
+
+def test_the_deepspeed_launchers_leading_local_rank_reaches_the_command(monkeypatch):
+    """`deepspeed -m perpo.cli train ...` runs `perpo.cli --local_rank=0 train ...`: the flag moves after it."""
+    import dataclasses
+
+    seen = {}
+
+    def fake_train(argv):
+        seen["argv"] = argv
+        return 0
+
+    monkeypatch.setitem(COMMANDS, "train", dataclasses.replace(COMMANDS["train"], run=fake_train))
+    assert main(["--local_rank=3", "train", "cfg.yaml", "--beta", "0.2"]) == 0
+    assert seen["argv"] == ["cfg.yaml", "--beta", "0.2", "--local_rank=3"]
