@@ -15,6 +15,7 @@ Everything lands in `output_dir`, replaced atomically (a failed run leaves the p
       samples/<task>.jsonl  one line per document: process_results' keys (metrics, frame, record) + responses
       lmms_eval.log         the full console output of the run
       raw/                  lmms-eval's own output tree (<model>/<timestamp>_results.json, _samples_<task>.jsonl)
+      training/             with an adapter: its train_config.json, adapter_config.json and the lists' stats.json
 """
 
 from __future__ import annotations
@@ -177,6 +178,24 @@ def _run(command: list[str], env: dict[str, str], log_path: Path, echo: TextIO |
     return process.returncode, "".join(tail)
 
 
+def keep_training_record(adapter: Path, folder: Path) -> None:
+    """Copy what `perpo train` recorded beside the adapter (and the lists' statistics) into the results folder.
+
+    Reports then know the method, β, γ, N and margin of a run even after the adapter has moved or gone.
+    """
+    train_config = adapter / "train_config.json"
+    if not train_config.is_file():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("train_config.json", "adapter_config.json"):
+        if (adapter / name).is_file():
+            shutil.copyfile(adapter / name, folder / name)
+    data = json.loads(train_config.read_text()).get("PerPOArguments", {}).get("data")
+    stats = Path(data).expanduser().parent / "stats.json" if data else None
+    if stats is not None and stats.is_file():
+        shutil.copyfile(stats, folder / "stats.json")
+
+
 def run_eval(cfg: EvalConfig, echo: TextIO | None = sys.stderr) -> dict:
     """Run lmms-eval as `cfg` says and collect its outputs into `cfg.output_dir` (see the module docstring).
 
@@ -216,6 +235,8 @@ def run_eval(cfg: EvalConfig, echo: TextIO | None = sys.stderr) -> dict:
             shutil.copyfile(path, tmp / "samples" / f"{task}.jsonl")
             samples[task] = out / "samples" / f"{task}.jsonl"
         results = json.loads(results_file.read_text())
+        if cfg.adapter:
+            keep_training_record(Path(cfg.adapter), tmp / "training")
     summary = {
         task: {m: values[f"{m},none"] for m in SUMMARY_METRICS if f"{m},none" in values}
         for task, values in results.get("results", {}).items()

@@ -11,7 +11,8 @@ Metadata per run, from contents only:
 
 - model, adapter, seed: `eval_config.json` (`EvalConfig`) when present, else the results JSON's
   `config.model_args` (`pretrained=...,adapter=...,seed=...`) and `config.random_seed`;
-- method and training settings (loss, N, β, γ, LoRA r/α, learning rate): the `train_config.json` that
+- method and training settings (loss, N, β, γ, LoRA r/α, learning rate): the copy `perpo eval` keeps in
+  `training/`, else the `train_config.json` that
   `perpo train` writes beside the adapter (or into a fully fine-tuned model folder), and the adapter's
   `adapter_config.json`; the margin threshold m from the `stats.json` that `perpo build-data` writes beside the
   training data. No adapter and no training record: method `base`. Relative paths recorded in these files are
@@ -289,7 +290,9 @@ def training_metadata(folder: Path) -> tuple[dict[str, Any], list[str]]:
         if args.get("use_lora", True):
             meta.update({"lora_r": args.get("lora_r"), "lora_alpha": args.get("lora_alpha")})
         data = _resolve(args.get("data"))
-        stats = _read_json(data.parent / "stats.json") if data is not None else None
+        stats = _read_json(folder / "stats.json")  # `perpo eval` keeps a copy beside the training record
+        if stats is None and data is not None:
+            stats = _read_json(data.parent / "stats.json")
         if stats is not None and "margin_threshold" in stats:
             meta["margin"] = stats["margin_threshold"]
         elif data is not None:
@@ -320,7 +323,9 @@ def run_metadata(folder: Path, results: dict) -> tuple[dict[str, Any], list[str]
     trained_from = None
     adapter_dir = _resolve(adapter)
     model_dir = _resolve(model)
-    if adapter_dir is not None:
+    if (folder / "training" / "train_config.json").is_file():
+        trained_from = folder / "training"  # the copy `perpo eval` keeps: survives a moved adapter
+    elif adapter_dir is not None:
         trained_from = adapter_dir
         if not adapter_dir.is_dir():
             notes.append(f"adapter folder {adapter_dir} not found: method and training settings unknown")

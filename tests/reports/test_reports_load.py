@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 from report_helpers import AFTER, BASE, RAW, trained_copy
@@ -97,6 +98,22 @@ def test_missing_adapter_folder_is_a_problem_and_an_unknown_method(tmp_path):
     # a report config can say what the files cannot
     fixed = load_results([RunSpec(str(run), label="mine", method="perpo", meta={"n": 20})])
     assert (fixed.runs[0].label, fixed.runs[0].meta["method"], fixed.runs[0].meta["n"]) == ("mine", "perpo", 20)
+
+
+def test_the_training_record_perpo_eval_keeps_survives_a_moved_adapter(tmp_path):
+    """`perpo eval` copies the adapter's train_config.json and the lists' stats.json into `training/`."""
+    from perpo.evaluation import keep_training_record
+
+    run = trained_copy(tmp_path, "swept", loss="dpo", n=8, gamma=0.0, margin=0.6)
+    adapter = Path(json.loads((run / "eval_config.json").read_text())["EvalConfig"]["adapter"])
+    keep_training_record(adapter, run / "training")
+    assert sorted(p.name for p in (run / "training").iterdir()) == [
+        "adapter_config.json", "stats.json", "train_config.json"
+    ]  # fmt: skip
+    shutil.rmtree(adapter)
+    shutil.rmtree(tmp_path / "swept_data")
+    meta = load_results([run]).runs[0].meta
+    assert (meta["method"], meta["n"], meta["gamma"], meta["margin"]) == ("dpo", 8, 0.0, 0.6)
 
 
 def test_run_labels_are_made_unique_by_what_differs(tmp_path):
