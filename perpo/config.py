@@ -88,10 +88,13 @@ def run_metadata() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    here = Path(__file__).parent
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
-        ).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=here)
+        changed = subprocess.run(  # uncommitted changes to tracked files make the SHA alone misleading
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=here
+        )
+        sha = sha.stdout.strip() + ("-dirty" if changed.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         sha = None
     return {
