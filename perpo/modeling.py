@@ -9,6 +9,7 @@ PerPO recipe: LoRA on the language model's linear layers, the multimodal project
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -164,7 +165,9 @@ def apply_lora(
         task_type="CAUSAL_LM",
     )
     # autocast_adapter_dtype=False keeps adapters in the model's dtype (a known ZeRO-3 pitfall otherwise).
-    peft_model = get_peft_model(model, config, autocast_adapter_dtype=False)
+    with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        peft_model = get_peft_model(model, config, autocast_adapter_dtype=False)
     n_train = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in peft_model.parameters())
     logger.info("LoRA r=%d alpha=%d: %.2f M of %.2f M parameters train", r, alpha, n_train / 1e6, n_all / 1e6)
