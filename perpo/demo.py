@@ -1,16 +1,23 @@
-"""`perpo demo` / `make demo`: the embedded default end to end on a laptop CPU.
+"""`perpo demo` / `make demo`: the whole PerPO loop on the embedded default, on a laptop CPU, in minutes.
 
-Stages: render the synthetic grounding benchmark → take the warmed-up tiny LLaVA (the committed asset, or a
-fresh warm-up with `--warmup_steps N`) → greedy AP@50 on the synthetic val split. Everything lands in one output
-folder with the resolved config.
+    synthetic grounding data ─▶ warmed-up tiny LLaVA (base) ─▶ sample N = 20 at T = 0.5 ─▶ IoU rewards
+    ─▶ margin filter ─▶ train SFT, DPO, LiPO-λ, PerPO from the same base with the same budget
+    ─▶ evaluate all five with the lmms-eval tasks (AP@50 on the test split, best-of-N, no image)
+    ─▶ Table-1-style table, Figure 1b curve, Figure 1c bars, before/after gallery, index.md
+
+Every stage writes into one output folder; the resolved configuration, seeds and run metadata are saved first.
+Each stage is a public command of its own (`perpo data synth`, `perpo sample`, `perpo build-data`, `perpo train`,
+`perpo eval`, `perpo report`), called here in-process, so the demo is also a worked example of the pipeline.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from perpo.config import ConfigError, opt, save_resolved
@@ -18,81 +25,336 @@ from perpo.config import ConfigError, opt, save_resolved
 logger = logging.getLogger(__name__)
 
 ASSET = Path(__file__).parent / "assets" / "tiny_llava_base"
+METHODS = ("sft", "dpo", "lipo", "perpo")
 
 
 @dataclass
 class DemoConfig:
-    """Arguments of `perpo demo`."""
+    """Arguments of `perpo demo`. The defaults are the configuration whose results the README shows."""
 
     out: str = opt("runs/demo", help="output folder")
-    seed: int = opt(0, help="seed of the synthetic data (the committed base model was warmed up on seed 0)")
-    quick: bool = opt(False, help="a minute-scale smoke run: tiny splits, fewer evaluation expressions")
-    base_model: str = opt(str(ASSET), help="warmed-up base model folder (default: the committed asset)")
+    seed: int = opt(0, help="seed of sampling, training and evaluation (repeat the demo with 1, 2 for spread)")
+    data_seed: int = opt(0, help="seed of the synthetic data (the committed base model was warmed up on seed 0)")
+    quick: bool = opt(False, help="a minute-scale smoke run of every stage (tiny splits, few lists, one epoch)")
+    base_model: str = opt(str(ASSET), help="warmed-up base model folder")
     warmup_steps: int = opt(0, help="if > 0, warm up a fresh tiny LLaVA for this many steps instead")
-    threads: int = opt(0, help="torch CPU threads; 0 keeps torch's default")
+    instructions: int = opt(1000, help="train-split instructions to sample for")
+    n: int = opt(20, help="responses sampled per instruction (paper: 20)")
+    temperature: float = opt(0.5, help="sampling temperature (paper: 0.5)")
+    margin: float = opt(0.8, help="keep lists whose IoU margin max - min reaches this (paper: 0.8)")
+    methods: list[str] = opt(list(METHODS), help="training methods compared with the base")
+    epochs: float = opt(3.0, help="training epochs over the kept lists (the same budget for every method)")
+    batch_size: int = opt(8, help="lists per optimizer step")
+    # Learning rates and β: the best of six val-split trials per method (scripts/demo_search.py; README).
+    lr_sft: float = opt(1e-3, help="learning rate of SFT")
+    lr_dpo: float = opt(3e-5, help="learning rate of DPO")
+    lr_lipo: float = opt(1e-4, help="learning rate of LiPO-λ")
+    lr_perpo: float = opt(1e-4, help="learning rate of PerPO")
+    lr_listwise: float = opt(1e-4, help="learning rate of uniform listwise (when in --methods; not searched)")
+    beta_dpo: float = opt(0.1, help="β of DPO (paper: 0.1 for every preference loss)")
+    beta_lipo: float = opt(0.1, help="β of LiPO-λ")
+    beta_perpo: float = opt(0.5, help="β of PerPO")
+    beta_listwise: float = opt(0.1, help="β of uniform listwise (not searched)")
+    gamma: float = opt(0.5, help="γ of PerPO (paper: 0.5)")
+    lora_r: int = opt(32, help="LoRA rank (the tiny LM has width 192)")
+    lora_alpha: int = opt(64, help="LoRA alpha")
+    threads: int = opt(0, help="torch CPU threads for sampling and training; 0 keeps torch's default")
 
     def __post_init__(self):
-        if self.warmup_steps < 0:
-            raise ConfigError("warmup_steps must be >= 0")
+        unknown = [m for m in self.methods if m not in (*METHODS, "listwise")]
+        if unknown:
+            raise ConfigError(f"unknown method(s) {unknown}; choose from {', '.join((*METHODS, 'listwise'))}")
+        if self.warmup_steps < 0 or self.instructions < 1 or self.n < 2:
+            raise ConfigError("need warmup_steps >= 0, instructions >= 1 and n >= 2")
+        if self.quick:
+            self.instructions, self.n, self.epochs = min(self.instructions, 24), min(self.n, 6), 1.0
+
+    def lr(self, method: str) -> float:
+        return getattr(self, f"lr_{method}")
+
+    def beta(self, method: str) -> float:
+        """β of a preference loss (SFT has none and ignores it)."""
+        return getattr(self, f"beta_{method}", 0.1)
 
 
 class Stages:
-    """Prints which stage runs and the time so far."""
+    """Says which stage runs, the time so far and, from the expected stage times, about how long is left."""
 
-    def __init__(self, total: int):
-        self.total, self.index, self.began = total, 0, time.perf_counter()
+    def __init__(self, expected: dict[str, float]):
+        self.expected = expected
+        self.names = list(expected)
+        self.began = time.perf_counter()
 
     def start(self, name: str) -> None:
-        self.index += 1
+        index = self.names.index(name)
         elapsed = time.perf_counter() - self.began
-        print(f"[{self.index}/{self.total}] {name}  (elapsed {elapsed / 60:.1f} min)", flush=True)
+        left = sum(self.expected[n] for n in self.names[index:])
+        print(
+            f"\n[{index + 1}/{len(self.names)}] {name}  "
+            f"(elapsed {elapsed / 60:.1f} min, about {left / 60:.0f} min left)",
+            flush=True,
+        )
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.began
+
+
+def _expected_seconds(cfg: DemoConfig) -> dict[str, float]:
+    """Stage times measured on a 2-core CPU, scaled to this configuration (used only for the 'left' estimate)."""
+    scale = cfg.instructions * cfg.n / 6000
+    methods = len(cfg.methods)
+    return {
+        "synthetic data and base model": 15,
+        "sample": 13 * scale,
+        "rewards and margin filter": 2,
+        "train": 18.5 * methods * scale * cfg.epochs / 3,
+        "evaluate (lmms-eval)": 36 * (methods + 1),
+        "report": 2,
+    }
+
+
+def prepare_base(cfg: DemoConfig, out: Path) -> tuple[Path, Path]:
+    """Stage 1: the synthetic benchmark and the base model, in `out/data` and `out/models/base`."""
+    from perpo.data.synth import SynthSpec, build_synth
+    from perpo.warmup import WarmupConfig, run_warmup
+
+    counts = {"train": 400, "val": 60, "test": 60} if cfg.quick else {"train": 4000, "val": 300, "test": 300}
+    data = build_synth(out / "data", seed=cfg.data_seed, spec=SynthSpec(counts=counts))
+    base = out / "models" / "base"
+    if cfg.warmup_steps:
+        run_warmup(WarmupConfig(data=str(data), out=str(base), steps=cfg.warmup_steps, eval_every=cfg.warmup_steps))
+        return data, base
+    source = Path(cfg.base_model)
+    if not (source / "config.json").is_file():
+        raise ConfigError(
+            f"no model at {source}. Pass --base_model DIR, or warm one up with --warmup_steps 3000 "
+            "(about 45 CPU minutes)."
+        )
+    if base.exists():
+        shutil.rmtree(base)
+    shutil.copytree(source, base)
+    return data, base
+
+
+def base_on_val(data: Path, base: Path) -> dict:
+    """The base model's greedy AP@50 on the val split, in-process (`perpo.quickeval`), printed and returned."""
+    from perpo.io import read_jsonl
+    from perpo.modeling import load_model, load_processor
+    from perpo.quickeval import evaluate_grounding
+
+    rows = read_jsonl(data / "synth_val.jsonl")
+    model = load_model(base, dtype="float32")
+    metrics = evaluate_grounding(model, load_processor(base), rows, data, frame="padded", batch_size=64)
+    print(
+        f"base model: AP@50 {100 * metrics['ap50']:.1f}% on {int(metrics['n'])} val expressions "
+        f"(mean IoU {metrics['iou']:.3f}, parse failures {100 * metrics['parse_fail']:.1f}%)",
+        flush=True,
+    )
+    return metrics
+
+
+def sample_lists(cfg: DemoConfig, data: Path, base: Path, lists: Path) -> None:
+    """Stage 2: N responses per train-split instruction from the base model (`perpo sample`)."""
+    from perpo.data import sources
+    from perpo.sampling import SampleConfig, run_sample
+
+    instructions = sources.equal_share_sample(sources.synth_instructions(data, "train"), cfg.instructions, cfg.seed)
+    sources.write_records(lists / "instructions.jsonl", instructions)
+    run_sample(
+        SampleConfig(
+            model=str(base),
+            instructions=str(lists / "instructions.jsonl"),
+            out=str(lists / "samples.jsonl"),
+            n=cfg.n,
+            temperature=cfg.temperature,
+            max_new_tokens=24,
+            batch_size=16,
+            seed=cfg.seed,
+            device="cpu",
+            dtype="float32",
+        )
+    )
+
+
+def build_lists(cfg: DemoConfig, lists: Path) -> dict:
+    """Stage 3: IoU rewards and the margin filter (`perpo build-data`); returns its statistics."""
+    from perpo.data.build import BuildDataConfig, run_build_data
+
+    stats = run_build_data(BuildDataConfig(samples=str(lists / "samples.jsonl"), out=str(lists), margin=cfg.margin))
+    kept = stats["lists"]["kept"]
+    print(f"kept {kept} of {stats['lists']['in']} lists with IoU margin >= {cfg.margin}")
+    if kept < 2:
+        raise ConfigError(f"only {kept} lists passed margin {cfg.margin}: lower --margin or sample more")
+    return stats
+
+
+def train_method(
+    cfg: DemoConfig,
+    method: str,
+    base: Path,
+    lists: Path,
+    out: Path,
+    *,
+    lr: float | None = None,
+    beta: float | None = None,
+) -> Path:
+    """Stage 4, one method: LoRA training from the base on the kept lists (`perpo train`).
+
+    `lr` and `beta` override the configuration's choice for `method` (the hyper-parameter search uses them).
+    """
+    from transformers import TrainingArguments
+
+    from perpo.trainer import PerPOArguments, run_train
+
+    args = PerPOArguments(
+        model_name_or_path=str(base),
+        data=str(lists / "train.jsonl"),
+        loss=method,
+        n=cfg.n,
+        beta=cfg.beta(method) if beta is None else beta,
+        gamma=cfg.gamma,
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        dtype="float32",
+    )
+    training = TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=cfg.batch_size,
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.lr(method) if lr is None else lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.1,
+        logging_steps=5,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+    )
+    return run_train(args, training)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    """Run every stage; return the summary (also written to `<out>/summary.json`)."""
     import torch
 
-    from perpo.data.synth import SynthSpec, build_synth
-    from perpo.io import read_jsonl, write_json
-    from perpo.modeling import load_model, load_processor
-    from perpo.quickeval import evaluate_grounding
-    from perpo.warmup import WarmupConfig, run_warmup
+    from perpo.io import write_json
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_resolved(out, "demo_config", cfg)
-    stages = Stages(3)
+    stages = Stages(_expected_seconds(cfg))
+    timings: dict[str, float] = {}
 
-    stages.start("synthetic grounding benchmark")
-    counts = {"train": 400, "val": 60, "test": 60} if cfg.quick else {"train": 4000, "val": 300, "test": 300}
-    data = build_synth(out / "data", seed=cfg.seed, spec=SynthSpec(counts=counts))
+    def stage(name: str, fn, *args):
+        stages.start(name)
+        began = time.perf_counter()
+        result = fn(*args)
+        timings[name] = round(time.perf_counter() - began, 1)
+        return result
 
-    stages.start("base model (warmed-up tiny LLaVA)")
-    base = out / "models" / "base"
-    if cfg.warmup_steps:
-        run_warmup(WarmupConfig(data=str(data), out=str(base), steps=cfg.warmup_steps, eval_every=cfg.warmup_steps))
-    else:
-        source = Path(cfg.base_model)
-        if not (source / "config.json").is_file():
-            raise ConfigError(
-                f"no model at {source}. Pass --base_model DIR, or warm one up with --warmup_steps 3000 "
-                "(about 45 CPU minutes)."
-            )
-        if base.exists():
-            shutil.rmtree(base)
-        shutil.copytree(source, base)
+    def base_stage() -> tuple[Path, Path, dict]:
+        data, base = prepare_base(cfg, out)
+        return data, base, base_on_val(data, base)
 
-    stages.start("AP@50 on the synthetic val split (greedy)")
-    model = load_model(base, dtype="float32")
-    processor = load_processor(base)
-    rows = read_jsonl(data / "synth_val.jsonl")
-    metrics = evaluate_grounding(model, processor, rows, data, frame="padded", progress=True)
-    summary = {"base": metrics, "seconds": round(time.perf_counter() - stages.began, 1)}
+    data, base, base_val = stage("synthetic data and base model", base_stage)
+    lists = out / "lists"
+    stage("sample", sample_lists, cfg, data, base, lists)
+    stats = stage("rewards and margin filter", build_lists, cfg, lists)
+
+    def train_all() -> dict[str, Path]:
+        adapters = {}
+        for method in cfg.methods:
+            beta = "" if method == "sft" else f", β {cfg.beta(method):g}"
+            print(f"  training {method} (lr {cfg.lr(method):g}{beta})", flush=True)
+            adapters[method] = train_method(cfg, method, base, lists, out / "models" / method)
+        return adapters
+
+    adapters = stage("train", train_all)
+    evals = stage("evaluate (lmms-eval)", evaluate_models, cfg, data, base, adapters, out / "eval")
+    report_dir = stage("report", write_demo_report, out, data, evals)
+    summary = {
+        "config": asdict(cfg),
+        "base_val": base_val,
+        "lists": stats["lists"],
+        "list_margin_mean": stats["list_margin"]["mean"],
+        "results": {name: str(path) for name, path in evals.items()},
+        "report": str(report_dir),
+        "timings_s": timings,
+        "seconds": round(stages.seconds, 1),
+    }
     write_json(out / "summary.json", summary)
-    print(
-        f"\nbase model: AP@50 {100 * metrics['ap50']:.1f}% on {int(metrics['n'])} val expressions "
-        f"(mean IoU {metrics['iou']:.3f}, parse failures {100 * metrics['parse_fail']:.1f}%)"
-    )
-    print(f"done in {summary['seconds'] / 60:.1f} min; results in {out}")
+    table = report_dir / "tables" / "synth.md"
+    if table.is_file():
+        print("\n" + table.read_text())
+    print(f"demo done in {summary['seconds'] / 60:.1f} min; open {report_dir / 'index.md'}")
     return summary
+
+
+LABELS = {
+    "base": "base",
+    "sft": "+ SFT",
+    "dpo": "+ DPO",
+    "lipo": "+ LiPO-λ",
+    "listwise": "+ listwise",
+    "perpo": "+ PerPO",
+}
+
+
+def evaluate_models(cfg: DemoConfig, data: Path, base: Path, adapters: dict[str, Path], out: Path) -> dict[str, Path]:
+    """Stage 5: lmms-eval on the base and every trained model, two runs at a time (each a single-threaded process).
+
+    Every model gets AP@50 on the test split (padded and original frames) and without the image; the base and PerPO
+    also get the best-of-20 run at T = 0.5 (Figure 1b: the accuracy that sampling could reach, and how much PerPO
+    harvests); `--quick` runs best-of-4 on 24 expressions.
+    """
+    from perpo.evaluation import EvalConfig, run_eval
+
+    runs = {}
+    for name, adapter in {"base": None, **adapters}.items():
+        tasks = ["perpo_synth_test", "perpo_synth_test_orig", "perpo_synth_test_noimg"]
+        if name in ("base", "perpo"):
+            tasks.append("perpo_synth_test_bon4" if cfg.quick else "perpo_synth_test_bon20")
+        runs[name] = EvalConfig(
+            model=str(base),
+            adapter=str(adapter) if adapter else None,
+            tasks=tasks,
+            output_dir=str(out / name),
+            synth_dir=str(data),
+            seed=cfg.seed,
+            batch_size=64,
+            device="cpu",
+            limit=24 if cfg.quick else None,
+        )
+    os.environ["OMP_NUM_THREADS"] = "1"  # the evaluation processes share the cores two by two
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(run_eval, run, None) for name, run in runs.items()}
+        for name, future in futures.items():
+            future.result()
+            print(f"  evaluated {name}", flush=True)
+    return {name: Path(run.output_dir) for name, run in runs.items()}
+
+
+def write_demo_report(out: Path, data: Path, evals: dict[str, Path]) -> Path:
+    """Stage 6: the Table-1-style table, Figures 1b and 1c, the base-vs-PerPO gallery, all in `<out>/report`."""
+    from reports.report import ReportConfig, run_report
+
+    runs = [{"path": str(path), "label": LABELS[name], "method": name} for name, path in evals.items()]
+    compare = {"base": LABELS["base"], "after": LABELS["perpo"]} if "perpo" in evals else None
+    index = run_report(
+        ReportConfig(
+            out=str(out / "report"),
+            runs=runs,
+            title="PerPO in miniature: the tiny LLaVA on the synthetic grounding benchmark",
+            tables=["synth"],
+            paper_tables=False,
+            figures=["best_of_n", "image_ablation"],
+            compare=compare,
+            image_roots=[str(data)],
+        )
+    )
+    return index.parent

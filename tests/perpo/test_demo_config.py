@@ -1,0 +1,38 @@
+"""`perpo demo`'s configuration: per-method settings, checks, --quick; the stage clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from perpo.config import ConfigError
+from perpo.demo import DemoConfig, Stages
+
+
+def test_each_method_gets_its_own_learning_rate_and_beta():
+    cfg = DemoConfig(lr_dpo=3e-5, beta_perpo=0.5)
+    assert (cfg.lr("dpo"), cfg.lr("sft"), cfg.beta("perpo"), cfg.beta("dpo")) == (3e-5, cfg.lr_sft, 0.5, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"methods": ["sft", "ppo"]}, "unknown method.*ppo"),
+        ({"n": 1}, "n >= 2"),
+        ({"instructions": 0}, "instructions >= 1"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_reason(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        DemoConfig(**kwargs)
+
+
+def test_quick_mode_shrinks_the_work_but_keeps_every_stage():
+    cfg = DemoConfig(quick=True)
+    assert (cfg.instructions, cfg.n, cfg.epochs, cfg.methods) == (24, 6, 1.0, ["sft", "dpo", "lipo", "perpo"])
+
+
+def test_the_stage_clock_counts_down_what_is_left(capsys):
+    stages = Stages({"a": 60.0, "b": 120.0, "c": 60.0})
+    stages.start("b")
+    printed = capsys.readouterr().out
+    assert "[2/3] b" in printed and "about 3 min left" in printed  # b and c: 180 s
