@@ -1,10 +1,25 @@
-"""Thin lmms-eval hooks of the perpo_refcoco* tasks: bind lmms_tasks.{data,grounding} to a split, frame, prompt.
+"""lmms-eval hooks of the perpo_refcoco* tasks: the split loaders here, the grounding hooks re-exported.
 
-lmms-eval calls each hook with the document only, so every option is fixed by which function a YAML names.
+The visual, prompt, scoring and aggregation hooks are shared with the other grounding family and live in
+`lmms_tasks.grounding_hooks`; the task YAMLs name every hook as `!function utils.<name>`.
 """
 
-from lmms_tasks import aggregations, data, grounding
+from lmms_tasks import data
 from lmms_tasks.filters import KeepAllResponses  # noqa: F401  (named by the best-of-N YAMLs' filter_list)
+from lmms_tasks.grounding_hooks import (  # noqa: F401  (re-exported: the YAMLs name them as utils.<hook>)
+    count,
+    results_bon_original,
+    results_bon_padded,
+    results_original,
+    results_padded,
+    same_value,
+    text_llava15,
+    text_lmms_eval,
+    visual_blank,
+    visual_none,
+    visual_original,
+    visual_padded,
+)
 
 
 # process_docs: the split's rows from $PERPO_REFCOCO_DIR (or the hub with PERPO_REFCOCO_SOURCE=hub)
@@ -38,55 +53,3 @@ def refcocog_val(dataset):
 
 def refcocog_test(dataset):
     return data.load_refcoco_docs("refcocog", "test")
-
-
-# doc_to_visual
-def visual_padded(doc):
-    return grounding.doc_to_visual(doc, "padded")
-
-
-def visual_original(doc):
-    return grounding.doc_to_visual(doc, "original")
-
-
-def visual_none(doc):
-    return grounding.doc_to_no_visual(doc)
-
-
-def visual_blank(doc):
-    return grounding.doc_to_blank_visual(doc)
-
-
-# doc_to_text
-def text_llava15(doc, lmms_eval_specific_kwargs=None):
-    return grounding.doc_to_text(doc, lmms_eval_specific_kwargs, prompt="llava15")
-
-
-def text_lmms_eval(doc, lmms_eval_specific_kwargs=None):
-    return grounding.doc_to_text(doc, lmms_eval_specific_kwargs, prompt="lmms_eval")
-
-
-# process_results
-def results_padded(doc, results):
-    return grounding.process_results(doc, results, frame="padded")
-
-
-def results_original(doc, results):
-    return grounding.process_results(doc, results, frame="original")
-
-
-def results_bon_padded(doc, results):
-    return grounding.process_results_bon(doc, results, frame="padded")
-
-
-def results_bon_original(doc, results):
-    return grounding.process_results_bon(doc, results, frame="original")
-
-
-# aggregations of the non-numeric per-document fields (frame label, record dict)
-def same_value(items):
-    return aggregations.same_value(items)
-
-
-def count(items):
-    return aggregations.count(items)
