@@ -1,6 +1,6 @@
 """How the demo's learning rates and β were chosen: the same small search for every method, scored on the val split.
 
-    python scripts/demo_search.py --out runs/demo_search [--lrs 3e-5 1e-4] [--betas 0.1 0.5 2.0] [--seed 0]
+    python scripts/demo_search.py --out runs/demo_search [--lrs 3e-5 1e-4] [--betas 0.1 0.5 2.0] [--seed 0] [--quick]
 
 Runs the demo's own stages (`perpo.demo`: the seed-0 synthetic benchmark, the committed base model, N = 20
 samples at T = 0.5, the IoU margin filter), then trains every method once per learning rate with the demo's
@@ -34,9 +34,10 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--instructions", type=int, default=DemoConfig.instructions)
+    parser.add_argument("--quick", action="store_true", help="the demo's --quick scale (for tests)")
     args = parser.parse_args()
 
-    cfg = DemoConfig(out=str(args.out), seed=args.seed, instructions=args.instructions)
+    cfg = DemoConfig(out=str(args.out), seed=args.seed, instructions=args.instructions, quick=args.quick)
     data, base = prepare_base(cfg, args.out)
     lists = args.out / "lists"
     if not (lists / "train.jsonl").is_file():

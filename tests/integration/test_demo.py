@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from perpo.cli import main
-
 pytestmark = pytest.mark.slow
 
+PERPO = Path(sys.executable).with_name("perpo")  # the installed console script
 
-def test_quick_demo_runs_every_stage_and_writes_every_artefact(tmp_path, capsys, base_model_asset):
+
+def test_quick_demo_runs_every_stage_and_writes_every_artefact(tmp_path, base_model_asset):
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    done = subprocess.run([str(PERPO), "demo", "--quick", "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout
 
     config = json.loads((out / "demo_config.json").read_text())
     assert config["DemoConfig"]["quick"] is True and config["meta"]["versions"]["torch"]
@@ -60,3 +61,27 @@ def test_quick_demo_runs_every_stage_and_writes_every_artefact(tmp_path, capsys,
     rows = {line.split(" | ")[0].strip("| "): line for line in seeds.splitlines() if line.startswith("| ")}
     assert set(rows) >= {"base", "sft", "dpo", "lipo", "perpo"}
     assert rows["perpo"].split(" | ")[-2].startswith(("+", "-"))  # the paired gain over the base
+
+
+def test_the_hyper_parameter_search_scores_every_trial_and_resumes(tmp_path, base_model_asset):
+    out = tmp_path / "search"
+    command = [
+        sys.executable, str(Path(__file__).parents[2] / "scripts" / "demo_search.py"), "--out", str(out), "--quick",
+        "--methods", "sft", "perpo", "--lrs", "1e-4", "--betas", "0.1", "0.5", "--sft_lrs", "1e-3",
+    ]  # fmt: skip
+    subprocess.run(command, capture_output=True, text=True, check=True)
+    search = json.loads((out / "search.json").read_text())
+    assert [(r["method"], r["lr"], r["beta"]) for r in search["rows"]] == [
+        ("base", None, None), ("sft", 1e-3, None), ("perpo", 1e-4, 0.1), ("perpo", 1e-4, 0.5)
+    ]  # fmt: skip
+    assert search["best_lr"]["sft"] == {"lr": 1e-3, "beta": None}
+    assert search["best_lr"]["perpo"]["beta"] in (0.1, 0.5)
+    assert "| perpo" in (out / "search.md").read_text()
+
+    # a second run finds every adapter trained (trial.json) and only scores them: the same table, no training
+    adapters = sorted((out / "models").glob("*/adapter_model.safetensors"))
+    written = [a.stat().st_mtime_ns for a in adapters]
+    assert len(adapters) == 3
+    subprocess.run(command, capture_output=True, text=True, check=True)
+    assert [a.stat().st_mtime_ns for a in adapters] == written
+    assert json.loads((out / "search.json").read_text())["rows"] == search["rows"]
