@@ -16,7 +16,10 @@ What it adds over lmms-eval's `llava_hf`:
   from its own random stream seeded by (`seed`, task/split/doc id, i) (`perpo.generation`), so the N samples of a
   best-of-N task are distinct, and identical whatever the batch size or the other documents of the batch;
 - answers documents without an image (the `noimg` ablation) with a text-only prompt instead of crashing;
-  documents with several images are refused with a clear error (none of the perpo tasks has them).
+  documents with several images are refused with a clear error (none of the perpo tasks has them);
+- also implements lmms-eval's other two request types: `loglikelihood` (the continuation's summed log-probability
+  after the chat-template context, and whether greedy decoding gives it) and `generate_until_multi_round` (the
+  task's `doc_to_messages(doc, round_idx=..., previous_output=...)` protocol, one answer per round).
 
 The prompt is the checkpoint's own chat template applied to the task's messages (images first, as lmms-eval's
 chat tasks build them), i.e. the same prompt `llava_hf`'s chat path builds. Single process only (no accelerate
@@ -272,8 +275,72 @@ class PerpoLlava(lmms):
         )
         return [answer if answer is not None else "" for answer in answers]
 
-    def loglikelihood(self, requests):
-        raise NotImplementedError("perpo_llava generates only (loglikelihood tasks are not supported)")
+    @torch.inference_mode()
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        """Log-probability of each continuation after its context (and image), and whether greedy decoding gives it.
 
-    def generate_until_multi_round(self, requests):
-        raise NotImplementedError("perpo_llava does not support multi-round generation")
+        Args:
+            requests: Instances whose `args` are `(ctx, continuation, doc_to_visual, doc_id, task, split)`, where
+                `continuation` is the text or lmms-eval's `doc_to_target` function of the document.
+
+        Returns:
+            `(sum of the continuation tokens' log-probabilities, every token is the argmax)` per request. The
+            context is the user turn of the checkpoint's chat template (image first); the continuation is scored
+            as the start of the assistant's answer.
+        """
+        results = []
+        tokenizer = self.processor.tokenizer
+        for request in tqdm(requests, disable=self.rank != 0, desc="perpo_llava loglikelihood"):
+            ctx, continuation, doc_to_visual, doc_id, task, split = request.args
+            doc = self.task_dict[task][split][doc_id]
+            if callable(continuation):
+                continuation = continuation(doc)
+            continuation = str(continuation[0] if isinstance(continuation, list) else continuation)
+            visuals = [v for v in (doc_to_visual(doc) if doc_to_visual else None) or [] if v is not None]
+            content = [{"type": "image", "url": v} for v in visuals] + [{"type": "text", "text": ctx}]
+            prompt, image = self._prompt_and_image([{"role": "user", "content": content}])
+            inputs = self.processor(images=image, text=prompt, return_tensors="pt").to(self.device)
+            if "pixel_values" in inputs:
+                inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+            target = torch.tensor([tokenizer(continuation, add_special_tokens=False).input_ids], device=self.device)
+            if target.shape[1] == 0:
+                results.append((0.0, True))
+                continue
+            prompt_len = inputs["input_ids"].shape[1]
+            inputs["input_ids"] = torch.cat([inputs["input_ids"], target], dim=1)
+            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+            logits = self.model(**inputs).logits[0, prompt_len - 1 : -1].float()  # the positions predicting target
+            logps = torch.log_softmax(logits, dim=-1).gather(-1, target[0, :, None]).squeeze(-1)
+            results.append((float(logps.sum()), bool((logits.argmax(-1) == target[0]).all())))
+        return results
+
+    def generate_until_multi_round(self, requests: list[Instance]) -> list[list[str]]:
+        """lmms-eval's multi-round protocol: round 0 answers `doc_to_messages(doc)`; round k > 0 asks
+        `doc_to_messages(doc, round_idx=k, previous_output=[answers so far], previous_round_info=...)` for
+        `(messages, terminal, previous_output, previous_round_info)` and stops when `terminal` is true (or when the
+        task returns anything else). Each round is one greedy or sampled answer, cut at the task's stop strings.
+
+        Returns:
+            The answers of every round, per request.
+        """
+        results = []
+        for request in tqdm(requests, disable=self.rank != 0, desc="perpo_llava multi-round"):
+            _ctx, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
+            doc = self.task_dict[task][split][doc_id]
+            sampling = self._sampling(gen_kwargs)
+            answers: list[str] = []
+            messages, info = doc_to_messages(doc), None
+            while True:
+                prompt, image = self._prompt_and_image(messages)
+                key = f"{task}/{split}/{doc_id}/round{len(answers)}"
+                ask = GenerationRequest(prompt=prompt, image=image, key=key)
+                [[text]] = generate(self.model, self.processor, [ask], n=1, seed=self.seed, **sampling)
+                answers.append(truncate_at_stops(text, gen_kwargs.get("until")))
+                payload = doc_to_messages(
+                    doc, round_idx=len(answers), previous_output=list(answers), previous_round_info=info
+                )
+                if not (isinstance(payload, tuple) and len(payload) == 4) or payload[1]:
+                    break
+                messages, _terminal, _previous, info = payload
+            results.append(answers)
+        return results

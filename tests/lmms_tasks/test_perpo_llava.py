@@ -115,3 +115,59 @@ def test_lora_adapter_loads_and_merges(tiny_llava, tmp_path):
     assert not torch.equal(merged.model.state_dict()[key], plain.model.state_dict()[key])
     requests = [request(i, GREEDY) for i in range(5)]
     assert adapted.generate_until(requests) == merged.generate_until(requests)
+
+
+def loglikelihood_request(doc_id: int, continuation) -> Instance:
+    def doc_to_visual(doc):
+        return [doc["image"]] if doc["image"] is not None else []
+
+    question = QUESTIONS[0] if doc_id == 4 else QUESTIONS[doc_id]
+    args = (question, continuation, doc_to_visual, doc_id, "t", "test")
+    return Instance("loglikelihood", args, idx=0, metadata={"task": "t", "doc_id": doc_id, "repeats": 1})
+
+
+@pytest.mark.parametrize("doc_id", [0, 4])  # with and without an image
+def test_loglikelihood_ranks_the_greedy_token_first(lm, doc_id):
+    """One token: the greedy answer's token is the argmax, so it is greedy and no other token is more likely."""
+    first = lm.generate_until([request(doc_id, {**GREEDY, "max_new_tokens": 1})])[0]
+    tokenizer = lm.processor.tokenizer
+    assert len(tokenizer(first, add_special_tokens=False).input_ids) == 1
+    others = [w for w in ("red", "circle", "page", "[", "0.50") if w != first]
+    scored = lm.loglikelihood(
+        [loglikelihood_request(doc_id, first)] + [loglikelihood_request(doc_id, w) for w in others]
+    )
+    (best, greedy), rest = scored[0], scored[1:]
+    assert greedy and best <= 0.0
+    assert all(not g and lp < best for lp, g in rest)
+    # the continuation may also be lmms-eval's doc_to_target function
+    by_function = lm.loglikelihood([loglikelihood_request(doc_id, lambda doc: first)])
+    assert by_function[0][0] == pytest.approx(best)
+
+
+def test_loglikelihood_of_a_longer_continuation_adds_its_tokens(lm):
+    (one, _), (two, greedy) = lm.loglikelihood(
+        [loglikelihood_request(0, "red"), loglikelihood_request(0, "red circle")]
+    )
+    assert two < one <= 0.0 and isinstance(greedy, bool)
+
+
+def test_multi_round_follows_the_task_protocol(lm):
+    """Round 0 answers doc_to_messages(doc); later rounds get the answers so far; a terminal payload stops."""
+    calls = []
+
+    def doc_to_messages(doc, round_idx=None, previous_output=None, previous_round_info=None):
+        calls.append((round_idx, list(previous_output or []), previous_round_info))
+        if round_idx is None:
+            return messages(doc)
+        follow = messages(doc) + [
+            {"role": "assistant", "content": [{"type": "text", "text": previous_output[-1]}]},
+            {"role": "user", "content": [{"type": "text", "text": "again"}]},
+        ]
+        return follow, round_idx >= 2, previous_output, {"round": round_idx}
+
+    args = ("ctx", doc_to_messages, dict(GREEDY), 0, "t", "test")
+    metadata = {"task": "t", "doc_id": 0, "repeats": 1}
+    [answers] = lm.generate_until_multi_round([Instance("generate_until_multi_round", args, idx=0, metadata=metadata)])
+    assert len(answers) == 2 and answers[0] == lm.generate_until([request(0, GREEDY)])[0]
+    assert [c[0] for c in calls] == [None, 1, 2]
+    assert calls[1][1] == answers[:1] and calls[2][1] == answers and calls[2][2] == {"round": 1}
