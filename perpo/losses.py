@@ -51,6 +51,7 @@ aggregate logged statistics with a NaN-aware mean.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import torch
@@ -347,7 +348,7 @@ def _pairwise_logistic(scores: Tensor, weights: Tensor, ordered: Tensor) -> Tens
     return weighted.sum(dim=(1, 2))  # [B]
 
 
-def _perpo(
+def _ranking_loss(
     name: str,
     policy_logps: Tensor,
     ref_logps: Tensor | None,
@@ -356,15 +357,23 @@ def _perpo(
     lengths: Tensor | None,
     beta: float,
     gamma: float,
+    weigh: Callable[[Tensor, _Batch], Tensor],
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Shared body of `perpo_loss` and `listwise_loss` (``name`` only labels error messages)."""
+    """Shared body of the listwise losses (PerPO, uniform listwise, LiPO-λ), which differ only in the pair weights.
+
+    ``weigh(scores, batch)`` gives the [B, N, N] weights from the β-scaled scores; the weighted pairwise logistic
+    runs over the reward-ordered pairs and is averaged over the lists. ``name`` only labels error messages.
+    """
     batch = _prepare(name, policy_logps, ref_logps, rewards, mask, lengths, needs_ref=True, beta=beta, gamma=gamma)
     assert batch.ref_logps is not None
     scores = beta * (batch.policy_logps - batch.ref_logps)  # [B, N] β·s
-    weights = perpo_pair_weights(batch.rewards, batch.mask, gamma)  # [B, N, N]
     ordered = _ordered_pairs(batch.rewards, batch.mask)  # [B, N, N]
-    loss = _pairwise_logistic(scores, weights, ordered).mean()
+    loss = _pairwise_logistic(scores, weigh(scores, batch), ordered).mean()
     return loss, _batch_stats(batch, beta=beta, ranking=True)
+
+
+def _perpo_weights(gamma: float) -> Callable[[Tensor, _Batch], Tensor]:
+    return lambda scores, batch: perpo_pair_weights(batch.rewards, batch.mask, gamma)
 
 
 def perpo_loss(
@@ -396,7 +405,9 @@ def perpo_loss(
     Returns:
         Scalar loss (float32 or wider) and the detached statistics of `loss_stats`.
     """
-    return _perpo("perpo_loss", policy_logps, ref_logps, rewards, mask, lengths, beta, gamma)
+    return _ranking_loss(
+        "perpo_loss", policy_logps, ref_logps, rewards, mask, lengths, beta, gamma, _perpo_weights(gamma)
+    )
 
 
 def listwise_loss(
@@ -421,7 +432,9 @@ def listwise_loss(
     Returns:
         Scalar loss and the detached statistics of `loss_stats`.
     """
-    return _perpo("listwise_loss", policy_logps, ref_logps, rewards, mask, lengths, beta, 0.0)
+    return _ranking_loss(
+        "listwise_loss", policy_logps, ref_logps, rewards, mask, lengths, beta, 0.0, _perpo_weights(0.0)
+    )
 
 
 def lipo_loss(
@@ -448,15 +461,11 @@ def lipo_loss(
     Returns:
         Scalar loss and the detached statistics of `loss_stats`.
     """
-    batch = _prepare(
-        "lipo_loss", policy_logps, ref_logps, rewards, mask, lengths, needs_ref=True, beta=beta, gamma=gamma
-    )
-    assert batch.ref_logps is not None
-    scores = beta * (batch.policy_logps - batch.ref_logps)  # [B, N] β·s
-    weights = lipo_lambda_weights(scores, batch.rewards, batch.mask)  # [B, N, N] Δ, no grad
-    ordered = _ordered_pairs(batch.rewards, batch.mask)  # [B, N, N]
-    loss = _pairwise_logistic(scores, weights, ordered).mean()
-    return loss, _batch_stats(batch, beta=beta, ranking=True)
+
+    def weigh(scores: Tensor, batch: _Batch) -> Tensor:
+        return lipo_lambda_weights(scores, batch.rewards, batch.mask)  # [B, N, N] Δ, no grad
+
+    return _ranking_loss("lipo_loss", policy_logps, ref_logps, rewards, mask, lengths, beta, gamma, weigh)
 
 
 def dpo_loss(
