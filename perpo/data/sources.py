@@ -142,6 +142,17 @@ def refer_instructions(
     return records
 
 
+def _read_json_list(path: Path, what: str) -> list:
+    """A JSON file holding a list; a clear RecordError (file and line) when it is not valid JSON or not a list."""
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise RecordError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
+    if not isinstance(entries, list):
+        raise RecordError(f"{path}: expected a JSON list of {what}, got {type(entries).__name__}")
+    return entries
+
+
 def fox_instructions(json_path: str | Path, image_dir: str | Path) -> list[dict]:
     """Instruction records of a Fox-style page-OCR set.
 
@@ -161,12 +172,7 @@ def fox_instructions(json_path: str | Path, image_dir: str | Path) -> list[dict]
         raise FileNotFoundError(f"Fox annotation file {json_path} not found")
     if not image_dir.is_dir():
         raise FileNotFoundError(f"Fox image folder {image_dir} not found")
-    try:
-        entries = json.loads(json_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise RecordError(f"{json_path}:{err.lineno}: not valid JSON ({err.msg})") from err
-    if not isinstance(entries, list):
-        raise RecordError(f"{json_path}: expected a JSON list of pages, got {type(entries).__name__}")
+    entries = _read_json_list(json_path, "pages")
     records, seen = [], {}
     for index, entry in enumerate(entries):
         where = f"{json_path}: entry {index}"
@@ -405,12 +411,7 @@ def import_perpo_data(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"released data file {path} not found")
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise RecordError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
-    if not isinstance(entries, list):
-        raise RecordError(f"{path}: expected a JSON list of entries, got {type(entries).__name__}")
+    entries = _read_json_list(path, "entries")
     index = refer_box_index(refer_rows) if refer_rows is not None else None
     folder = Path(os.path.abspath(image_folder)) if image_folder is not None else None
     records, parsed_targets, disagreements = [], 0, 0
