@@ -40,6 +40,11 @@ Statistics (one helper, `loss_stats`, identical for every ranking loss; implicit
   policy = reference); undefined lists are left out of the batch mean.
 - ``logps/chosen``, ``logps/rejected``: policy log-probs of the best and worst response of each list
   (the DPO pair, see `dpo_loss`), averaged over lists.
+- ``logratio/chosen``, ``logratio/rejected``: the log-ratio ``s = policy − ref`` (summed log-probs, no β) of
+  the same best and worst responses, averaged over lists; ``logratio/mean``: mean ``s`` over all valid
+  responses of the batch. All three are exactly 0 while policy = reference (step 0): a run where they stay
+  near 0 has not moved; ``logratio/chosen`` < 0 while the margin grows is likelihood displacement (the
+  policy ranks the pair by pushing both down).
 - ``logps/policy``, ``logps/ref``: mean summed log-prob over all valid responses of the batch; with
   ``lengths`` also ``logps/policy_per_token``, ``logps/ref_per_token`` (Σ logps / Σ tokens).
 - ``lists/valid``: fraction of the batch's lists that have at least one strictly ordered pair.
@@ -239,6 +244,10 @@ def _batch_stats(batch: _Batch, *, beta: float, ranking: bool) -> dict[str, Tens
         has_entries = mask.any(dim=1)  # [B]
         stats["logps/chosen"] = _masked_mean(_gather(policy, best), has_entries)
         stats["logps/rejected"] = _masked_mean(_gather(policy, worst), has_entries)
+        logratio = policy - batch.ref_logps  # [B, N] s (padded entries are 0 − 0)
+        stats["logratio/chosen"] = _masked_mean(_gather(logratio, best), has_entries)
+        stats["logratio/rejected"] = _masked_mean(_gather(logratio, worst), has_entries)
+        stats["logratio/mean"] = logratio.sum() / n_valid
         stats["lists/valid"] = has_pairs.to(policy.dtype).mean()
         return stats
 
@@ -265,7 +274,8 @@ def loss_stats(
     Returns:
         Dict of 0-dim detached tensors keyed ``rewards/accuracy``, ``rewards/margin``,
         ``rewards/kendall_tau``, ``logps/chosen``, ``logps/rejected``, ``logps/policy``, ``logps/ref``,
-        ``lists/valid`` (plus ``logps/*_per_token`` with ``lengths``).
+        ``logratio/chosen``, ``logratio/rejected``, ``logratio/mean``, ``lists/valid`` (plus
+        ``logps/*_per_token`` with ``lengths``).
     """
     batch = _prepare(
         "loss_stats", policy_logps, ref_logps, rewards, mask, lengths, needs_ref=True, beta=beta, gamma=0.0

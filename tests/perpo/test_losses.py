@@ -41,6 +41,9 @@ STAT_KEYS = {
     "logps/rejected",
     "logps/policy",
     "logps/ref",
+    "logratio/chosen",
+    "logratio/rejected",
+    "logratio/mean",
     "lists/valid",
 }
 REWARD_GRID = (0.0, 0.1, 0.25, 0.5, 0.8, 1.0)  # a coarse grid makes ties frequent
@@ -320,7 +323,8 @@ def test_golden_stats() -> None:
     """Same list, β=1. Ordered pairs (2,0), (2,1), (0,1) have margins 1, 1, 0: accuracy 2/3 (the score
     tie counts as wrong), margin 2/3. τ-b: pairs (0,1) Δs=0, (0,2) and (1,2) concordant: C − D = 2,
     3 pairs, 1 tied in s, none in r: τ_b = 2 / √((3 − 1)(3 − 0)) = 2/√6. Chosen = s of index 2 = 1,
-    rejected = index 1 = 0 (policy logps, ref = 0). logps/policy = 1/3, logps/ref = 0.
+    rejected = index 1 = 0 (policy logps, ref = 0). logps/policy = 1/3, logps/ref = 0; with ref = 0 the
+    log-ratios equal the policy log-probs: chosen 1, rejected 0, mean 1/3.
     """
     policy = _t(GOLD_S)
     _, stats = perpo_loss(policy, torch.zeros_like(policy), _t(GOLD_R), _ones_mask(1, 3), beta=1.0)
@@ -332,6 +336,9 @@ def test_golden_stats() -> None:
         "logps/rejected": 0.0,
         "logps/policy": 1 / 3,
         "logps/ref": 0.0,
+        "logratio/chosen": 1.0,
+        "logratio/rejected": 0.0,
+        "logratio/mean": 1 / 3,
         "lists/valid": 1.0,
     }
     assert set(stats) == set(expected)
@@ -652,6 +659,28 @@ def test_stats_are_detached_scalars(name: str) -> None:
     assert set(stats) == STAT_KEYS | {"logps/policy_per_token", "logps/ref_per_token"}
     assert all(value.ndim == 0 and not value.requires_grad for value in stats.values())
     torch.testing.assert_close(stats["logps/policy_per_token"], torch.tensor(-6.0 / 10))
+
+
+@pytest.mark.parametrize("name", RANKING)
+def test_logratio_stats_by_hand(name: str) -> None:
+    """Two lists, β irrelevant (s = policy − ref, no β). List 0: rewards [0.2, 0.9, 0.5], policy [−3, −1, −4],
+    ref [−2, −2, −4]: s = [−1, 1, 0]; chosen = index 1 (s 1), rejected = index 0 (s −1). List 1: the third entry
+    is padding (NaN logps, ignored); rewards [1, 0], policy [−5, −6], ref [−7, −6]: s = [2, 0]; chosen s 2,
+    rejected s 0. Means over lists: chosen (1 + 2) / 2 = 1.5, rejected (−1 + 0) / 2 = −0.5; mean s over the five
+    valid responses (−1 + 1 + 0 + 2 + 0) / 5 = 0.4. With policy = reference (step 0) all three are exactly 0.
+    """
+    policy = _t([[-3.0, -1.0, -4.0], [-5.0, -6.0, float("nan")]])
+    ref = _t([[-2.0, -2.0, -4.0], [-7.0, -6.0, float("nan")]])
+    rewards = _t([[0.2, 0.9, 0.5], [1.0, 0.0, 0.3]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    _, stats = LOSSES[name](policy, ref, rewards, mask, beta=0.3)
+    expected = {"logratio/chosen": 1.5, "logratio/rejected": -0.5, "logratio/mean": 0.4}
+    for key, value in expected.items():
+        torch.testing.assert_close(stats[key], torch.tensor(value, dtype=F64), msg=key)
+    torch.testing.assert_close(stats["logps/chosen"], torch.tensor((-1.0 - 5.0) / 2, dtype=F64))
+
+    _, still = LOSSES[name](policy, policy.clone(), rewards, mask, beta=0.3)
+    assert all(still[key].item() == 0.0 for key in expected)
 
 
 def test_dpo_tie_break_first_best_last_worst() -> None:
