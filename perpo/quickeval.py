@@ -19,11 +19,24 @@ from perpo.prompts import chat_prompt, grounding_question
 logger = logging.getLogger(__name__)
 
 
+def row_question(row: dict) -> str:
+    """The question of a row: its own `question` (a listwise record's) or the grounding prompt of its expression."""
+    return row["question"] if "question" in row else grounding_question(row["expression"])
+
+
+def row_target(row: dict, frame: str) -> tuple[float, ...]:
+    """The ground-truth box of a row in the model's frame: its own `target` (a listwise record's, already in its
+    frame) or its pixel `bbox` [x, y, w, h] normalised in `frame`."""
+    if "target" in row:
+        return tuple(row["target"])
+    return gt_box_in_frame(row["bbox"], row["width"], row["height"], frame)
+
+
 def grounding_requests(processor, rows: Sequence[dict], image_root: str | Path) -> list[GenerationRequest]:
     image_root = Path(image_root)
     return [
         GenerationRequest(
-            prompt=chat_prompt(processor, grounding_question(row["expression"])),
+            prompt=chat_prompt(processor, row_question(row)),
             image=load_image(image_root / row["image"]),
             key=str(row["id"]),
         )
@@ -42,7 +55,11 @@ def evaluate_grounding(
     max_new_tokens: int = 24,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Mean grounding metrics (ap50, iou, parse_fail, …) of greedy answers over `rows`."""
+    """Mean grounding metrics (ap50, iou, parse_fail, …) of greedy answers over `rows`.
+
+    A row is a flat grounding row (image, expression, pixel bbox, width, height; scored in `frame`) or carries its
+    own `question` and normalised `target` box (a listwise record's instruction; see `row_question`, `row_target`).
+    """
     from tqdm import tqdm
 
     was_training = model.training
@@ -55,7 +72,7 @@ def evaluate_grounding(
             model, processor, grounding_requests(processor, chunk, image_root), max_new_tokens=max_new_tokens
         )
         for row, (answer,) in zip(chunk, answers, strict=True):
-            gt = gt_box_in_frame(row["bbox"], row["width"], row["height"], frame)
+            gt = row_target(row, frame)
             for key, value in grounding_metrics(answer, gt).items():
                 totals[key] = totals.get(key, 0.0) + value
     model.train(was_training)

@@ -65,6 +65,20 @@ class PerPOArguments:
     dtype: str = opt("auto", help="model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     attn_implementation: str | None = opt(None, help="attention kernel: sdpa (default), eager")
     max_lists: int | None = opt(None, help="train on the first N lists only (smoke tests)")
+    eval_data: str | None = opt(
+        None,
+        help="held-out grounding instructions scored with greedy AP@50 at the end of training and every "
+        "--eval_steps with --eval_strategy steps; logged as heldout/ap50, heldout/iou, heldout/parse_fail and "
+        "written to <output_dir>/heldout.json. Flat rows (id, image, expression, bbox, width, height: e.g. "
+        "synth_val.jsonl) or grounding records (instructions.jsonl / train.jsonl)",
+    )
+    eval_image_root: str | None = opt(
+        None, help="folder relative image paths of --eval_data resolve against (default: its folder)"
+    )
+    eval_limit: int | None = opt(None, help="score only the first N rows of --eval_data")
+    eval_train_lists: int = opt(
+        0, help="also score greedy AP@50 on the instructions of the first K training lists (train_lists/*)"
+    )
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -79,6 +93,8 @@ class PerPOArguments:
             raise ConfigError("need n >= 1, pack >= 1, beta > 0 and gamma >= 0")
         if self.loss != "sft" and self.n < 2:
             raise ConfigError(f"loss {self.loss} ranks responses: it needs n >= 2 responses per list")
+        if (self.eval_limit is not None and self.eval_limit < 1) or self.eval_train_lists < 0:
+            raise ConfigError("need eval_limit >= 1 (or unset) and eval_train_lists >= 0")
 
 
 class ListDataset(torch.utils.data.Dataset):
@@ -114,6 +130,14 @@ class PerPOTrainer(Trainer):
     def train(self, *args, **kwargs):
         self._last_log = time.perf_counter()  # throughput excludes set-up time
         return super().train(*args, **kwargs)
+
+    heldout = None  # perpo.heldout.HeldoutEvaluator (--eval_data, --eval_train_lists), set by run_train
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """Greedy AP@50 of the held-out sets (`perpo.heldout`) instead of HF's teacher-forced eval loss."""
+        if self.heldout is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        return self.heldout.evaluate(self, metric_key_prefix)
 
     def _logps(self, model, batch: ListBatch):
         a = self.perpo_args
@@ -270,6 +294,7 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments) -> Path:
 
     from perpo.config import save_resolved
     from perpo.data.schema import load_records
+    from perpo.heldout import HeldoutEvaluator
     from perpo.modeling import apply_lora, disable_dropout, frozen_copy, load_model, load_processor
 
     set_seed(training_args.seed)  # before LoRA's random init, so a run is reproducible from its seed
@@ -279,6 +304,7 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments) -> Path:
         records = records[: args.max_lists]
     if not records:
         raise ConfigError(f"{data}: no training lists")
+    heldout = HeldoutEvaluator.from_args(args, training_args, records)  # validates --eval_data at start-up
     out = Path(training_args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_resolved(out, "train_config", args, training_args)
@@ -316,12 +342,16 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments) -> Path:
         model=model,
         args=training_args,
         train_dataset=ListDataset(records),
+        eval_dataset=heldout.dataset if heldout else None,
         data_collator=collator,
         processing_class=processor,
         perpo_args=args,
         ref_model=ref_model,
     )
+    trainer.heldout = heldout
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if heldout:
+        heldout.finish(trainer)
     trainer.save_model(str(out))
     processor.save_pretrained(out)
     return out
