@@ -1,52 +1,218 @@
-"""The demo's table over several seeds: per-seed AP@50, mean ± sd, and each method's paired gain over the base.
+"""The demo's table over several seeds: mean ± sd of AP@50 per method, and paired gains with bootstrap intervals.
 
     perpo demo --seed 0 --out runs/demo_seed0     # and --seed 1, --seed 2
-    python scripts/demo_seeds.py runs/demo_seed0 runs/demo_seed1 runs/demo_seed2 --out runs/demo_seeds.md
+    python scripts/demo_seeds.py runs/demo_seed0 runs/demo_seed1 runs/demo_seed2 [--out runs/demo_seeds.md]
+    python scripts/demo_seeds.py --table-from docs/results/miniature_seeds.json [--readme README.md]
 
-Reads every `<demo>/eval/<method>/` folder through `reports.load` (the same loader `perpo report` uses). The gain
-over the base is paired by seed (each seed's model minus that seed's base), so the spread of the base's own
-evaluation does not hide or fake a difference. A single run's standard error on the 367 test expressions is about
-2.6 points of AP@50.
+Reads every `<demo>/eval/<method>/` folder through `reports.load` (the same loader `perpo report` uses) and
+prints two tables: the per-seed detail (mean ± sd over seeds of every column, the gain over the base paired by
+seed, AP@50 per seed) and the results table of the README, which it also saves as JSON (`--json`, default
+docs/results/miniature_seeds.json; not written by default when a demo ran with `--quick`, so a smoke run never
+replaces the record).
+
+Gains and their 95% intervals. Per seed, every model is scored on the same test documents (lmms-eval samples of
+`perpo_synth_test`, `ap50` 0/1 per document). The gain of a model over the base (and of PerPO over DPO) is the
+per-document difference, averaged over the documents of a seed and then over seeds. Its interval is a paired
+percentile bootstrap over test documents: each replicate resamples the documents of every seed with replacement
+(the same resampled documents for both models, and for every comparison, within a seed), computes the gain on
+them, and averages over seeds; 2.5% and 97.5% quantiles of `--replicates` replicates (numpy, fixed
+`--bootstrap_seed`). It measures how much the gain could move with other test expressions, given these trained
+models; the sd over seeds shows how much it moves with other training runs. A single run's standard error on the
+367 test expressions is about 2.6 points of AP@50.
+
+`--table-from JSON` renders that README table from a saved JSON; `--readme FILE` also replaces the block between
+`<!-- miniature-seeds:begin -->` and `<!-- miniature-seeds:end -->` in FILE with it (atomically).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from perpo.io import atomic_open
+from perpo.demo import LABELS
+from perpo.io import atomic_open, write_json
 from reports.load import METHOD_ORDER, RunSpec, load_results
 
 COLUMNS = {
     "AP@50": ("perpo_synth_test", "ap50"),
     "AP@50 original frame": ("perpo_synth_test_orig", "ap50"),
     "AP@50 no image": ("perpo_synth_test_noimg", "ap50"),
+    "AP@50 blank image": ("perpo_synth_test_blankimg", "ap50"),
     "best-of-20 first": ("perpo_synth_test_bon20", "ap50_first"),
     "best-of-20 oracle": ("perpo_synth_test_bon20", "ap50_best"),
 }
+"""Columns of the detail table: (lmms-eval task, metric). A column no run has is left out."""
+JSON_KEYS = {
+    "AP@50": "ap50",
+    "AP@50 original frame": "ap50_orig",
+    "AP@50 no image": "ap50_noimg",
+    "AP@50 blank image": "ap50_blankimg",
+    "best-of-20 first": "bon20_first",
+    "best-of-20 oracle": "bon20_oracle",
+}
+"""Column → key prefix in the JSON (`<prefix>_mean`, `<prefix>_sd`)."""
+TASK = "perpo_synth_test"
+"""The task whose per-document `ap50` the gains and intervals use."""
+DEFAULT_JSON = Path("docs/results/miniature_seeds.json")
+BEGIN, END = "<!-- miniature-seeds:begin -->", "<!-- miniature-seeds:end -->"
 
 
-def load(demos: list[Path]) -> pd.DataFrame:
-    """One row per (seed, method) with the COLUMNS in percent."""
-    specs, seeds = [], {}
+@dataclass
+class Loaded:
+    """The demos' results: one row per (seed, method) with the COLUMNS in percent, and the per-document AP@50.
+
+    `docs[seed][method]` maps each test document's id to its AP@50 in percent (0 or 100)."""
+
+    table: pd.DataFrame
+    docs: dict[int, dict[str, dict[str, float]]]
+    quick: bool
+
+
+def _doc_id(sample: dict) -> str:
+    record = sample.get("record") if isinstance(sample.get("record"), dict) else {}
+    return str(record.get("id", f"doc{sample.get('doc_id')}"))
+
+
+def load(demos: Sequence[Path]) -> Loaded:
+    """Read every `<demo>/eval/<method>/` of every demo folder (one folder per seed)."""
+    specs, seeds, seed_of, quick = [], {}, {}, False
     for demo in demos:
-        seed = json.loads((demo / "demo_config.json").read_text())["DemoConfig"]["seed"]
+        config = json.loads((demo / "demo_config.json").read_text())["DemoConfig"]
+        seed = int(config["seed"])
+        quick = quick or bool(config.get("quick"))
         if seed in seeds:
             raise SystemExit(f"{demo} and {seeds[seed]} both ran seed {seed}: give one demo folder per seed")
         seeds[seed] = demo
-        for folder in sorted((demo / "eval").iterdir()):
-            specs.append(RunSpec(path=str(folder), label=f"{folder.name} seed {seed}", method=folder.name))
-    frame = load_results(specs).frame
+        for folder in sorted(p for p in (demo / "eval").iterdir() if p.is_dir()):
+            label = f"{folder.name} seed {seed}"
+            specs.append(RunSpec(path=str(folder), label=label, method=folder.name))
+            seed_of[label] = seed
+    results = load_results(specs)
+    frame = results.frame
     rows = []
-    for (method, seed), part in frame.groupby(["method", "seed"]):
+    for (method, label), part in frame.groupby(["method", "run"]):
         values = {(t, m): v for t, m, v in zip(part["task"], part["metric"], part["value"], strict=True)}
-        row = {"method": method, "seed": int(seed)}
+        row = {"method": method, "seed": seed_of[label]}
         row |= {name: 100 * values[key] for name, key in COLUMNS.items() if key in values}
         rows.append(row)
-    return pd.DataFrame(rows)
+    docs: dict[int, dict[str, dict[str, float]]] = {}
+    for run in results.runs:
+        samples = run.samples(TASK)
+        if samples:
+            per_doc = {_doc_id(s): 100 * float(s["ap50"]) for s in samples if "ap50" in s}
+            docs.setdefault(seed_of[run.label], {})[str(run.meta["method"])] = per_doc
+    table = pd.DataFrame(rows).sort_values(["seed", "method"]).reset_index(drop=True)
+    return Loaded(table, docs, quick)
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+def resample_counts(n_docs: int, replicates: int, rng: np.random.Generator) -> np.ndarray:
+    """[replicates, n_docs]: how often each document is drawn in each bootstrap replicate (n_docs draws each)."""
+    return rng.multinomial(n_docs, np.full(n_docs, 1.0 / n_docs), size=replicates).astype(np.int32)
+
+
+def bootstrap_gain(
+    after: Sequence[np.ndarray],
+    before: Sequence[np.ndarray],
+    counts: Sequence[np.ndarray],
+) -> tuple[float, list[float]]:
+    """Paired gain `after − before` averaged over documents, then over seeds, and its 95% percentile interval.
+
+    Args:
+        after, before: per seed, the per-document scores of the two models, aligned (same documents, same order).
+        counts: per seed, `resample_counts(len(documents), R, rng)`; the same draws serve every comparison.
+
+    Returns:
+        The gain on the documents as they are, and `[lo, hi]`: the 2.5% and 97.5% quantiles of the R replicates.
+    """
+    if not (len(after) == len(before) == len(counts)) or not after:
+        raise ValueError("need the same number (>= 1) of seeds for after, before and counts")
+    point, replicates = [], []
+    for a, b, c in zip(after, before, counts, strict=True):
+        diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+        if diff.ndim != 1 or diff.size == 0 or c.shape[1] != diff.size:
+            raise ValueError(f"per-seed scores must be aligned 1-d arrays of one length (got {diff.shape}, {c.shape})")
+        point.append(diff.mean())
+        replicates.append(c @ diff / diff.size)  # [R]
+    gains = np.mean(replicates, axis=0)  # [R]: the gain averaged over seeds, per replicate
+    lo, hi = np.percentile(gains, [2.5, 97.5])
+    return float(np.mean(point)), [float(lo), float(hi)]
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), 4)
+
+
+def summary_json(loaded: Loaded, replicates: int = 10_000, bootstrap_seed: int = 0) -> dict:
+    """The results JSON: `{"methods": {method: {...}}, "seeds": [...]}` (percent points; see the module docstring).
+
+    Per method: `ap50_mean`, `ap50_sd` (over seeds; null with one seed), `ap50_per_seed`, `gain_vs_base_mean`,
+    `gain_vs_base_ci95` (null for the base itself), for PerPO `gain_vs_dpo_mean` and `gain_vs_dpo_ci95`,
+    `<column>_mean` / `<column>_sd` of every other column the runs have, `n_docs` per seed and
+    `bootstrap_replicates`.
+    """
+    table, docs = loaded.table, loaded.docs
+    seeds = sorted(int(s) for s in set(table["seed"]))
+    missing = [s for s in seeds if "base" not in docs.get(s, {})]
+    if missing:
+        raise SystemExit(f"no base run with {TASK} samples for seed(s) {missing}: the gains are paired with the base")
+    order = {s: sorted(docs[s]["base"]) for s in seeds}  # the documents of each seed, in a fixed order
+    counts = {s: resample_counts(len(order[s]), replicates, np.random.default_rng([bootstrap_seed, s])) for s in seeds}
+
+    def scores(method: str) -> list[np.ndarray]:
+        out = []
+        for s in seeds:
+            per_doc = docs[s].get(method)
+            if per_doc is None:
+                raise SystemExit(f"seed {s}: no {TASK} samples for {method} (every seed needs every method)")
+            absent = [d for d in order[s] if d not in per_doc]
+            if absent:
+                raise SystemExit(
+                    f"seed {s}: {method} lacks {len(absent)} of the base's {len(order[s])} {TASK} documents "
+                    f"(e.g. {absent[0]}): evaluate every method on the same documents"
+                )
+            out.append(np.array([per_doc[d] for d in order[s]]))
+        return out
+
+    methods = {}
+    present = [m for m in METHOD_ORDER if m in set(table["method"])]
+    present += sorted(set(table["method"]) - set(present))
+    base_scores = scores("base")
+    for method in present:
+        part = table[table["method"] == method].set_index("seed").sort_index()
+        entry: dict = {}
+        for name, key in JSON_KEYS.items():
+            if name not in part or part[name].isna().all():
+                continue
+            values = part[name].dropna()
+            entry[f"{key}_mean"] = _r(values.mean())
+            entry[f"{key}_sd"] = _r(values.std(ddof=1)) if len(values) > 1 else None
+        entry["ap50_per_seed"] = [_r(v) for v in part["AP@50"]]
+        own = scores(method)
+        entry["n_docs"] = [int(len(x)) for x in own]
+        if method == "base":
+            entry["gain_vs_base_mean"], entry["gain_vs_base_ci95"] = None, None
+        else:
+            mean, ci = bootstrap_gain(own, base_scores, [counts[s] for s in seeds])
+            entry["gain_vs_base_mean"], entry["gain_vs_base_ci95"] = _r(mean), [_r(ci[0]), _r(ci[1])]
+        if method == "perpo" and "dpo" in present:
+            mean, ci = bootstrap_gain(own, scores("dpo"), [counts[s] for s in seeds])
+            entry["gain_vs_dpo_mean"], entry["gain_vs_dpo_ci95"] = _r(mean), [_r(ci[0]), _r(ci[1])]
+        entry["bootstrap_replicates"] = replicates
+        methods[method] = entry
+    return {"methods": methods, "seeds": seeds}
+
+
+# ---------------------------------------------------------------------------------------------- tables
 
 
 def _mean_sd(values: pd.Series, sign: str = "") -> str:
@@ -57,21 +223,19 @@ def _mean_sd(values: pd.Series, sign: str = "") -> str:
 
 
 def summarise(table: pd.DataFrame) -> str:
-    """Markdown: mean ± sd over seeds per method, the paired gain over the base, and the per-seed AP@50."""
+    """Markdown: mean ± sd over seeds per method, the gain over the base paired by seed, and the per-seed AP@50."""
     order = [m for m in METHOD_ORDER if m in set(table["method"])]
+    columns = [name for name in COLUMNS if name in table and table[name].notna().any()]
     base = table[table["method"] == "base"].set_index("seed")["AP@50"]
     lines = [
         f"AP@50 (%) on the synthetic test split over seeds {sorted(set(table['seed']))}: mean ± sd.",
         "",
-        "| method | " + " | ".join(COLUMNS) + " | gain over base (paired) | AP@50 per seed |",
-        "| :--- |" + " ---: |" * (len(COLUMNS) + 2),
+        "| method | " + " | ".join(columns) + " | gain over base (paired) | AP@50 per seed |",
+        "| :--- |" + " ---: |" * (len(columns) + 2),
     ]
     for method in order:
         part = table[table["method"] == method].set_index("seed").sort_index()
-        cells = []
-        for name in COLUMNS:
-            values = part[name].dropna() if name in part else pd.Series(dtype=float)
-            cells.append(_mean_sd(values))
+        cells = [_mean_sd(part[name].dropna() if name in part else pd.Series(dtype=float)) for name in columns]
         gain = (part["AP@50"] - base.reindex(part.index)).dropna()
         gain_text = "–" if method == "base" else _mean_sd(gain, "+")
         per_seed = ", ".join(f"{v:.1f}" for v in part["AP@50"])
@@ -79,19 +243,115 @@ def summarise(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def _value(entry: dict, key: str) -> str:
+    mean, sd = entry.get(f"{key}_mean"), entry.get(f"{key}_sd")
+    if mean is None:
+        return "–"
+    return f"{mean:.1f}" if sd is None else f"{mean:.1f} ± {sd:.1f}"
+
+
+def _gain(entry: dict, name: str) -> str:
+    mean, ci = entry.get(f"{name}_mean"), entry.get(f"{name}_ci95")
+    if mean is None or ci is None:
+        return "–"
+    return f"{mean:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}]"
+
+
+def results_table(summary: dict) -> str:
+    """The README's Markdown table from the results JSON (`summary_json`)."""
+    methods = summary["methods"]
+    extra = [
+        (name, JSON_KEYS[name])
+        for name in ("AP@50 blank image", "best-of-20 first", "best-of-20 oracle")
+        if any(entry.get(f"{JSON_KEYS[name]}_mean") is not None for entry in methods.values())
+    ]
+    header = ["method", "AP@50", "gain vs base [95% CI]", "gain vs DPO [95% CI]", *(name for name, _ in extra)]
+    replicates = {e.get("bootstrap_replicates") for e in methods.values()} - {None}
+    bootstrap = f"{replicates.pop():,} replicates" if len(replicates) == 1 else "bootstrap"
+    seeds = ("seed " if len(summary["seeds"]) == 1 else "seeds ") + ", ".join(str(s) for s in summary["seeds"])
+    lines = [
+        f"AP@50 (%) on the synthetic test split, {seeds}: mean ± sd over seeds. Gains in points, paired per "
+        f"test document, averaged over seeds, with 95% intervals from a bootstrap over test documents ({bootstrap}).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "| :--- |" + " ---: |" * (len(header) - 1),
+    ]
+    order = [m for m in METHOD_ORDER if m in methods] + sorted(set(methods) - set(METHOD_ORDER))
+    for method in order:
+        entry = methods[method]
+        cells = [LABELS.get(method, method), _value(entry, "ap50"), _gain(entry, "gain_vs_base")]
+        cells.append(_gain(entry, "gain_vs_dpo"))
+        cells += [_value(entry, key) for _, key in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_block(text: str, block: str, name: str) -> str:
+    """`text` with everything between the BEGIN and END marker lines replaced by `block` (markers kept).
+
+    Raises:
+        ValueError: naming `name` when the markers are missing, repeated or out of order.
+    """
+    begin, end = text.count(BEGIN), text.count(END)
+    if begin != 1 or end != 1 or text.index(BEGIN) > text.index(END):
+        raise ValueError(
+            f"{name}: needs exactly one {BEGIN} line followed by one {END} line around the results table "
+            f"(found {begin} begin and {end} end marker(s))"
+        )
+    head, rest = text.split(BEGIN)
+    _, tail = rest.split(END)
+    return f"{head}{BEGIN}\n{block.rstrip()}\n{END}{tail}"
+
+
+def update_readme(path: Path, table: str) -> None:
+    """Replace the marked block of `path` with `table`, atomically (the file is unchanged on any error)."""
+    text = path.read_text(encoding="utf-8")
+    new = replace_block(text, table, str(path))
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        handle.write(new)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("demos", type=Path, nargs="+", help="output folders of `perpo demo` runs (one per seed)")
-    parser.add_argument("--out", type=Path, help="write the Markdown table here too")
-    args = parser.parse_args()
-    missing = [str(d) for d in args.demos if not (d / "eval").is_dir()]
-    if missing:
-        parser.error(f"no eval/ folder in {', '.join(missing)}: run `perpo demo --out DIR` there first")
-    text = summarise(load(args.demos))
-    print(text)
-    if args.out:
-        with atomic_open(args.out) as handle:
-            handle.write(text)
+    parser.add_argument("demos", type=Path, nargs="*", help="output folders of `perpo demo` runs (one per seed)")
+    parser.add_argument("--out", type=Path, help="write the per-seed detail table (Markdown) here too")
+    parser.add_argument("--json", type=Path, help=f"write the results JSON here (default {DEFAULT_JSON})")
+    parser.add_argument("--replicates", type=int, default=10_000, help="bootstrap replicates (default 10000)")
+    parser.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap draws (default 0)")
+    parser.add_argument("--table-from", dest="table_from", type=Path, help="render the README table from this JSON")
+    parser.add_argument("--readme", type=Path, help="replace the marked miniature-seeds block of this file")
+    args = parser.parse_args(argv)
+    if bool(args.demos) == bool(args.table_from):
+        parser.error("give either demo folders or --table-from JSON")
+    if args.replicates < 1:
+        parser.error("--replicates must be >= 1")
+
+    if args.table_from:
+        summary = json.loads(args.table_from.read_text(encoding="utf-8"))
+    else:
+        missing = [str(d) for d in args.demos if not (d / "eval").is_dir()]
+        if missing:
+            parser.error(f"no eval/ folder in {', '.join(missing)}: run `perpo demo --out DIR` there first")
+        loaded = load(args.demos)
+        text = summarise(loaded.table)
+        print(text)
+        if args.out:
+            with atomic_open(args.out) as handle:
+                handle.write(text)
+        summary = summary_json(loaded, args.replicates, args.bootstrap_seed)
+        if args.json is None and loaded.quick:
+            print(f"(--quick demo: {DEFAULT_JSON} left as it is; pass --json PATH to save these results)\n")
+        else:
+            path = write_json(args.json or DEFAULT_JSON, summary)
+            print(f"wrote {path}\n")
+    table = results_table(summary)
+    print(table)
+    if args.readme:
+        try:
+            update_readme(args.readme, table)
+        except (ValueError, OSError) as err:
+            raise SystemExit(f"error: {err}") from err
+        print(f"updated the results table in {args.readme}")
 
 
 if __name__ == "__main__":

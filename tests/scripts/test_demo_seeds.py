@@ -1,0 +1,211 @@
+"""scripts/demo_seeds.py: paired bootstrap intervals over test documents, the results JSON and the README block."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("demo_seeds", ROOT / "scripts" / "demo_seeds.py")
+demo_seeds = importlib.util.module_from_spec(_spec)
+sys.modules["demo_seeds"] = demo_seeds  # dataclasses look their module up there
+_spec.loader.exec_module(demo_seeds)
+
+
+def _gain(after, before, replicates=2000, seed=0):
+    """bootstrap_gain over seeds given as lists of per-document 0/1 hits (converted to percent)."""
+    after = [100 * np.asarray(a, dtype=float) for a in after]
+    before = [100 * np.asarray(b, dtype=float) for b in before]
+    counts = [
+        demo_seeds.resample_counts(len(a), replicates, np.random.default_rng([seed, i])) for i, a in enumerate(after)
+    ]
+    return demo_seeds.bootstrap_gain(after, before, counts)
+
+
+def test_identical_models_gain_exactly_zero_with_a_zero_interval():
+    hits = [1, 0, 1, 1, 0, 0, 1, 0, 1, 1]
+    assert _gain([hits, hits[::-1]], [hits, hits[::-1]]) == (0.0, [0.0, 0.0])
+
+
+def test_a_model_right_wherever_the_base_is_wrong_gains_the_base_error_rate():
+    base = [1] * 6 + [0] * 14  # the base is right on 6 of 20 documents
+    mean, (lo, hi) = _gain([[1] * 20], [base])
+    assert mean == pytest.approx(70.0)  # 14 of 20 documents won, none lost
+    assert 40 < lo < mean < hi <= 100
+    # every document won: every replicate gains 100 points, so the interval collapses onto it
+    assert _gain([[1] * 20], [[0] * 20]) == (100.0, [100.0, 100.0])
+    # and the other way round: a model wrong everywhere the base was right
+    assert _gain([[0] * 20], [base])[0] == pytest.approx(-30.0)
+
+
+def test_the_bootstrap_is_paired_per_document():
+    """Two models that differ on one document of 40 have a tight interval, however noisy each model is alone."""
+    rng = np.random.default_rng(1)
+    before = rng.integers(0, 2, 40)
+    after = before.copy()
+    after[np.flatnonzero(before == 0)[0]] = 1
+    mean, (lo, hi) = _gain([after], [before])
+    assert mean == pytest.approx(2.5)
+    assert 0.0 <= lo <= hi <= 10.0  # unpaired, each model alone would move by about ±15 points
+
+
+def test_the_interval_shrinks_with_more_documents():
+    before = [1, 0, 0, 1, 0, 1, 0, 0, 1, 0]
+    after = [1, 1, 0, 1, 0, 1, 1, 0, 0, 0]
+    mean, (lo, hi) = _gain([after], [before], replicates=4000)
+    mean4, (lo4, hi4) = _gain([after * 4], [before * 4], replicates=4000)
+    assert mean == pytest.approx(mean4) == pytest.approx(10.0)
+    assert 0.4 < (hi4 - lo4) / (hi - lo) < 0.6  # four times the documents: about half the width
+
+
+def test_seeds_are_pooled_by_averaging_their_gains():
+    # seed 0: +50 points; seed 1: -10 points → +20 on average, and every replicate lies between the two extremes
+    mean, (lo, hi) = _gain([[1] * 10, [0] * 10], [[1] * 5 + [0] * 5, [1] + [0] * 9])
+    assert mean == pytest.approx(20.0)
+    assert -5 <= lo < 20 < hi <= 50
+
+
+def test_the_same_bootstrap_seed_gives_the_same_interval():
+    before, after = [1, 0, 0, 1, 0, 1, 0, 0], [1, 1, 0, 1, 1, 1, 0, 0]
+    assert _gain([after], [before], seed=3) == _gain([after], [before], seed=3)
+
+
+def test_misaligned_scores_are_refused():
+    counts = [demo_seeds.resample_counts(3, 10, np.random.default_rng(0))]
+    with pytest.raises(ValueError, match="aligned"):
+        demo_seeds.bootstrap_gain([np.zeros(4)], [np.zeros(4)], counts)
+
+
+# ---------------------------------------------------------------------------------------------- demo folders
+
+N_DOCS = 20
+HITS = {"base": 8, "sft": 8, "dpo": 10, "perpo": 14}  # right on the first k documents of each seed
+
+
+def _eval_folder(folder: Path, seed: int, hits: int, blank: float | None = None) -> None:
+    """A `perpo eval` folder as `perpo demo` writes it, reduced to what demo_seeds reads."""
+    (folder / "samples").mkdir(parents=True)
+    samples = [
+        {"doc_id": i, "ap50": float(i < hits), "iou": 0.5, "record": {"id": f"synth_test_{i}", "gt_box": [0, 0, 1, 1]}}
+        for i in range(N_DOCS)
+    ]
+    (folder / "samples" / "perpo_synth_test.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    results = {"perpo_synth_test": {"alias": "perpo_synth_test", "ap50,none": hits / N_DOCS}}
+    if blank is not None:
+        results["perpo_synth_test_blankimg"] = {"alias": "perpo_synth_test_blankimg", "ap50,none": blank}
+        (folder / "samples" / "perpo_synth_test_blankimg.jsonl").write_text("")
+    (folder / "results.json").write_text(json.dumps({"results": results, "config": {}}))
+    (folder / "eval_config.json").write_text(
+        json.dumps({"EvalConfig": {"model": "base", "adapter": None, "seed": seed}})
+    )
+
+
+@pytest.fixture
+def demos(tmp_path) -> list[Path]:
+    folders = []
+    for seed in (0, 1):
+        demo = tmp_path / f"demo_seed{seed}"
+        demo.mkdir()
+        (demo / "demo_config.json").write_text(json.dumps({"DemoConfig": {"seed": seed, "quick": False}}))
+        for method, hits in HITS.items():
+            hits = hits + seed if method == "perpo" else hits  # PerPO: 14 on seed 0, 15 on seed 1
+            _eval_folder(demo / "eval" / method, seed, hits, blank=0.05 if method in ("base", "perpo") else None)
+        folders.append(demo)
+    return folders
+
+
+def test_the_results_json_from_demo_folders(demos, tmp_path):
+    summary = demo_seeds.summary_json(demo_seeds.load(demos), replicates=500)
+    assert set(summary) == {"methods", "seeds"} and summary["seeds"] == [0, 1]
+    methods = summary["methods"]
+    assert list(methods) == ["base", "sft", "dpo", "perpo"]
+    for method, entry in methods.items():
+        assert {"ap50_mean", "ap50_sd", "gain_vs_base_mean", "gain_vs_base_ci95"} <= set(entry)
+        assert ("gain_vs_dpo_ci95" in entry) == (method == "perpo")
+        assert entry["n_docs"] == [N_DOCS, N_DOCS] and entry["bootstrap_replicates"] == 500
+    assert methods["base"]["ap50_mean"] == pytest.approx(40.0) and methods["base"]["ap50_sd"] == 0.0
+    assert methods["base"]["gain_vs_base_mean"] is None and methods["base"]["gain_vs_base_ci95"] is None
+    assert methods["sft"]["gain_vs_base_mean"] == 0.0 and methods["sft"]["gain_vs_base_ci95"] == [0.0, 0.0]
+    perpo = methods["perpo"]
+    assert perpo["ap50_mean"] == pytest.approx(72.5) and perpo["ap50_per_seed"] == [70.0, 75.0]
+    assert perpo["ap50_sd"] == pytest.approx(np.std([70.0, 75.0], ddof=1), abs=1e-4)
+    assert perpo["gain_vs_base_mean"] == pytest.approx(32.5)  # (30 + 35) / 2
+    assert perpo["gain_vs_dpo_mean"] == pytest.approx(22.5)  # (20 + 25) / 2
+    lo, hi = perpo["gain_vs_dpo_ci95"]
+    assert 0 < lo < 22.5 < hi  # PerPO never loses a document to DPO here: no replicate goes below 0
+    assert perpo["ap50_blankimg_mean"] == pytest.approx(5.0) and "ap50_blankimg_mean" not in methods["dpo"]
+
+
+def test_the_command_writes_the_json_and_renders_the_readme_table(demos, tmp_path, capsys):
+    path = tmp_path / "results" / "miniature_seeds.json"
+    demo_seeds.main([*map(str, demos), "--json", str(path), "--replicates", "300"])
+    printed = capsys.readouterr().out
+    summary = json.loads(path.read_text())
+    assert summary["methods"]["perpo"]["bootstrap_replicates"] == 300
+    assert "| perpo |" in printed and "gain over base (paired)" in printed  # the per-seed detail table
+
+    demo_seeds.main(["--table-from", str(path)])
+    table = capsys.readouterr().out
+    assert table == demo_seeds.results_table(summary) + "\n"
+    rows = {
+        line.split(" | ")[0].strip("| "): line.strip("| ").split(" | ")
+        for line in table.splitlines()
+        if line.startswith("| ")
+    }
+    assert rows["method"] == ["method", "AP@50", "gain vs base [95% CI]", "gain vs DPO [95% CI]", "AP@50 blank image"]
+    assert rows["base"][1:] == ["40.0 ± 0.0", "–", "–", "5.0 ± 0.0"]
+    assert rows["+ SFT"][2:] == ["+0.0 [+0.0, +0.0]", "–", "–"]
+    lo, hi = summary["methods"]["perpo"]["gain_vs_dpo_ci95"]
+    assert rows["+ PerPO"][1] == "72.5 ± 3.5" and rows["+ PerPO"][3] == f"+22.5 [{lo:+.1f}, {hi:+.1f}]"
+    assert "300 replicates" in table and "seeds 0, 1" in table
+
+
+def test_a_quick_demo_does_not_replace_the_recorded_json(demos, tmp_path, monkeypatch, capsys):
+    for demo in demos:
+        (demo / "demo_config.json").write_text(json.dumps({"DemoConfig": {"seed": demos.index(demo), "quick": True}}))
+    monkeypatch.chdir(tmp_path)
+    demo_seeds.main([*map(str, demos), "--replicates", "50"])
+    assert not (tmp_path / demo_seeds.DEFAULT_JSON).exists() and "--quick demo" in capsys.readouterr().out
+    demo_seeds.main([*map(str, demos), "--replicates", "50", "--json", "q.json"])
+    assert (tmp_path / "q.json").is_file()
+
+
+def test_the_readme_block_is_replaced_in_place(demos, tmp_path, capsys):
+    path = tmp_path / "s.json"
+    demo_seeds.main([*map(str, demos), "--json", str(path), "--replicates", "50"])
+    readme = tmp_path / "README.md"
+    before, after = "# Title\n\nIntro.\n\n", "\n\nAfter the table.\n"
+    readme.write_text(f"{before}{demo_seeds.BEGIN}\nold table\n{demo_seeds.END}{after}")
+    demo_seeds.main(["--table-from", str(path), "--readme", str(readme)])
+    table = demo_seeds.results_table(json.loads(path.read_text()))
+    expected = f"{before}{demo_seeds.BEGIN}\n{table}{demo_seeds.END}{after}"
+    assert readme.read_text() == expected
+    demo_seeds.main(["--table-from", str(path), "--readme", str(readme)])  # idempotent
+    assert readme.read_text() == expected
+    assert "updated the results table" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["# no markers\n", f"{demo_seeds.BEGIN}\nonly the begin\n", f"{demo_seeds.END}\n{demo_seeds.BEGIN}\n"],
+)
+def test_the_readme_without_its_markers_is_an_error_naming_the_file(demos, tmp_path, text):
+    path = tmp_path / "s.json"
+    demo_seeds.main([*map(str, demos), "--json", str(path), "--replicates", "50"])
+    readme = tmp_path / "NOTES.md"
+    readme.write_text(text)
+    with pytest.raises(SystemExit, match=r"NOTES\.md.*miniature-seeds:begin"):
+        demo_seeds.main(["--table-from", str(path), "--readme", str(readme)])
+    assert readme.read_text() == text  # untouched
+
+
+def test_demo_folders_or_a_json_but_not_both(tmp_path):
+    with pytest.raises(SystemExit):
+        demo_seeds.main([])
+    with pytest.raises(SystemExit):
+        demo_seeds.main([str(tmp_path), "--table-from", str(tmp_path / "s.json")])
