@@ -42,6 +42,13 @@ class WarmupConfig:
     weight_decay: float = opt(0.0, help="AdamW weight decay")
     warmup_steps: int = opt(50, help="linear learning-rate warm-up steps")
     frame: str = opt("padded", help="box frame of the answers: padded (LLaVA-1.5 square) or original")
+    loose_share: float = opt(
+        0.0,
+        help="share of answers written in a loose annotation convention (each side pushed out by --loose_margin "
+        "of the box size); > 0 builds a base that knows the exact box but is misaligned in what it writes "
+        "(docs/miniature.md)",
+    )
+    loose_margin: float = opt(0.3, help="how far a loose answer's sides move out, as a fraction of the box size")
     eval_every: int = opt(250, help="greedy AP@50 on val every this many steps")
     eval_size: int = opt(200, help="val expressions used by that check")
     save_every: int = opt(250, help="resumable checkpoint every this many steps (<out>.checkpoint)")
@@ -54,6 +61,17 @@ class WarmupConfig:
             raise ConfigError(f"frame must be one of {FRAMES}, got {self.frame!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("steps and batch_size must be >= 1")
+        if not 0.0 <= self.loose_share <= 1.0:
+            raise ConfigError(f"--loose_share must be in [0, 1], got {self.loose_share}")
+        if not 0.0 <= self.loose_margin <= 1.0:
+            raise ConfigError(f"--loose_margin must be in [0, 1], got {self.loose_margin}")
+
+
+def loosen_box(box: tuple[float, ...], margin: float) -> tuple[float, ...]:
+    """A normalised xyxy box with each side pushed out by `margin` × its width or height, clipped to [0, 1]."""
+    x1, y1, x2, y2 = box
+    dx, dy = margin * (x2 - x1), margin * (y2 - y1)
+    return max(0.0, x1 - dx), max(0.0, y1 - dy), min(1.0, x2 + dx), min(1.0, y2 + dy)
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -117,7 +135,10 @@ def run_warmup(cfg: WarmupConfig) -> dict:
             if question not in prompts:
                 prompts[question] = chat_prompt(processor, question)
             texts.append(prompts[question])
-        answers = [format_box(gt_box_in_frame(r["bbox"], r["width"], r["height"], cfg.frame)) for r in batch_rows]
+        boxes = [gt_box_in_frame(r["bbox"], r["width"], r["height"], cfg.frame) for r in batch_rows]
+        if cfg.loose_share:  # drawn only when asked, so the batch order of a plain warm-up is unchanged
+            boxes = [loosen_box(b, cfg.loose_margin) if rng.random() < cfg.loose_share else b for b in boxes]
+        answers = [format_box(b) for b in boxes]
         images = [load_image(data / r["image"]) for r in batch_rows]
         batch = sft_batch(processor, texts, images, answers)
         loss = model(**batch).loss
