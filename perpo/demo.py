@@ -2,10 +2,14 @@
 
     synthetic grounding data ─▶ warmed-up tiny LLaVA (base) ─▶ sample N = 20 at T = 0.5 ─▶ IoU rewards
     ─▶ margin filter ─▶ train SFT, DPO, LiPO-λ, PerPO from the same base with the same budget
-    ─▶ evaluate all five with the lmms-eval tasks (AP@50 on the test split, best-of-N, no image)
+    ─▶ evaluate all five with the lmms-eval tasks (AP@50 on the test split, best-of-N, blank image)
     ─▶ Table-1-style table, Figure 1b curve, Figure 1c bars, before/after gallery, index.md
 
 Every stage writes into one output folder; the resolved configuration, seeds and run metadata are saved first.
+The console shows the stages, one progress bar per stage and per trained method, and one summary line per trained
+and per evaluated model; logging and warnings go to `<out>/logs/demo.log` (errors stay on the console), each
+method's training log to `<out>/models/<method>/train_log.jsonl` (and TensorBoard, `<out>/models/<method>/runs`),
+each lmms-eval run's output to `<out>/eval/<model>/lmms_eval.log` (linked from `<out>/logs/`).
 Each stage is a public command of its own (`perpo data synth`, `perpo sample`, `perpo build-data`, `perpo train`,
 `perpo eval`, `perpo report`), called here in-process, so the demo is also a worked example of the pipeline.
 """
@@ -13,6 +17,7 @@ Each stage is a public command of its own (`perpo data synth`, `perpo sample`, `
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -58,7 +63,12 @@ class DemoConfig:
     gamma: float = opt(0.5, help="γ of PerPO (paper: 0.5)")
     lora_r: int = opt(32, help="LoRA rank (the tiny LM has width 192)")
     lora_alpha: int = opt(64, help="LoRA alpha")
-    threads: int = opt(0, help="torch CPU threads for sampling and training; 0 keeps torch's default")
+    threads: int = opt(
+        0,
+        help="torch CPU threads of the stages that run alone (sampling, training); the evaluation runs two "
+        "lmms-eval processes side by side with half as many each. 0: OMP_NUM_THREADS when set, else every core "
+        "this process may use",
+    )
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in (*METHODS, "listwise")]
@@ -204,15 +214,21 @@ def train_method(
     `lr` and `beta` override the configuration's choice for `method` (the hyper-parameter search uses them).
     """
     from transformers import TrainingArguments
+    from transformers.integrations import is_tensorboard_available
 
+    from perpo.console import TrainLog, trainer_callbacks
     from perpo.trainer import PerPOArguments, run_train
 
+    with (lists / "train.jsonl").open(encoding="utf-8") as handle:
+        steps = math.ceil(math.ceil(sum(1 for line in handle if line.strip()) / cfg.batch_size) * cfg.epochs)
+    lr = cfg.lr(method) if lr is None else lr
+    beta = cfg.beta(method) if beta is None else beta
     args = PerPOArguments(
         model_name_or_path=str(base),
         data=str(lists / "train.jsonl"),
         loss=method,
         n=cfg.n,
-        beta=cfg.beta(method) if beta is None else beta,
+        beta=beta,
         gamma=cfg.gamma,
         lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -222,30 +238,58 @@ def train_method(
         output_dir=str(out),
         per_device_train_batch_size=cfg.batch_size,
         num_train_epochs=cfg.epochs,
-        learning_rate=cfg.lr(method) if lr is None else lr,
+        learning_rate=lr,
         lr_scheduler_type="cosine",
         warmup_steps=0.1,
-        logging_steps=5,
-        report_to=[],
+        logging_steps=max(1, min(5, steps)),  # a short run still logs its statistics
+        report_to=["tensorboard"] if is_tensorboard_available() else [],  # <out>/runs/
         save_strategy="no",
         use_cpu=True,
         disable_tqdm=True,
         seed=cfg.seed,
         data_seed=cfg.seed,
     )
-    return run_train(args, training)
+    settings = f"lr {lr:g}" + ("" if method == "sft" else f", β {beta:g}")
+    with trainer_callbacks(TrainLog(Path(out) / "train_log.jsonl", f"{method} ({settings})")):
+        return run_train(args, training)
+
+
+def resolve_threads(threads: int) -> int:
+    """torch threads of the stages that run alone: `threads`; 0: OMP_NUM_THREADS when set, else every usable core."""
+    if threads > 0:
+        return threads
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        pass
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may run on (containers, taskset)
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    """Run every stage; return the summary (also written to `<out>/summary.json`)."""
-    import torch
+    """Run every stage; return the summary (also written to `<out>/summary.json`).
 
-    from perpo.io import write_json
+    Logging and warnings go to `<out>/logs/demo.log` meanwhile (errors and perpo's warnings stay on the console).
+    """
+    from perpo.console import quiet_console
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    with quiet_console(out / "logs"):
+        return _run_demo(cfg, out)
+
+
+def _run_demo(cfg: DemoConfig, out: Path) -> dict:
+    import torch
+
+    from perpo.console import training_summary
+    from perpo.io import read_jsonl, write_json
+
+    threads = resolve_threads(cfg.threads)
+    torch.set_num_threads(threads)
+    logger.info("torch threads: %d for sampling and training, %d per evaluation process", threads, threads // 2 or 1)
     save_resolved(out, "demo_config", cfg)
     stages = Stages(_expected_seconds(cfg))
     timings: dict[str, float] = {}
@@ -269,13 +313,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     def train_all() -> dict[str, Path]:
         adapters = {}
         for method in cfg.methods:
-            beta = "" if method == "sft" else f", β {cfg.beta(method):g}"
-            print(f"  training {method} (lr {cfg.lr(method):g}{beta})", flush=True)
             adapters[method] = train_method(cfg, method, base, lists, out / "models" / method)
+            history = read_jsonl(adapters[method] / "train_log.jsonl")
+            print("  " + training_summary(method, history, lists=stats["lists"]["kept"]), flush=True)
         return adapters
 
     adapters = stage("train", train_all)
-    evals = stage("evaluate (lmms-eval)", evaluate_models, cfg, data, base, adapters, out / "eval")
+    evals = stage("evaluate (lmms-eval)", evaluate_models, cfg, data, base, adapters, out / "eval", threads)
     report_dir = stage("report", write_demo_report, out, data, evals)
     summary = {
         "config": asdict(cfg),
@@ -285,13 +329,14 @@ def run_demo(cfg: DemoConfig) -> dict:
         "results": {name: str(path) for name, path in evals.items()},
         "report": str(report_dir),
         "timings_s": timings,
+        "threads": {"train": threads, "eval_processes": 2, "eval_threads_each": max(1, threads // 2)},
         "seconds": round(stages.seconds, 1),
     }
     write_json(out / "summary.json", summary)
     table = report_dir / "tables" / "synth.md"
     if table.is_file():
         print("\n" + table.read_text())
-    print(f"demo done in {summary['seconds'] / 60:.1f} min; open {report_dir / 'index.md'}")
+    print(f"demo done in {summary['seconds'] / 60:.1f} min; open {report_dir / 'index.md'} (logs in {out / 'logs'})")
     return summary
 
 
@@ -305,18 +350,28 @@ LABELS = {
 }
 
 
-def evaluate_models(cfg: DemoConfig, data: Path, base: Path, adapters: dict[str, Path], out: Path) -> dict[str, Path]:
-    """Stage 5: lmms-eval on the base and every trained model, two runs at a time (each a single-threaded process).
+def evaluate_models(
+    cfg: DemoConfig, data: Path, base: Path, adapters: dict[str, Path], out: Path, threads: int = 2
+) -> dict[str, Path]:
+    """Stage 5: lmms-eval on the base and every trained model, two runs at a time (`threads // 2` torch threads each).
 
-    Every model gets AP@50 on the test split (padded and original frames) and without the image; the base and PerPO
-    also get the best-of-20 run at T = 0.5 (Figure 1b: the accuracy that sampling could reach, and how much PerPO
-    harvests); `--quick` runs best-of-4 on 24 expressions.
+    Every model gets AP@50 on the test split (padded and original frames) and with a blank image in place of the
+    scene (`_blankimg`: the same prompt with a uniform image, so the gap to the real image is what the model reads
+    from the picture; the tiny model writes no box at all without an image, so `_noimg` would score 0 for every
+    model); the base and PerPO also get the best-of-20 run at T = 0.5 (Figure 1b: the accuracy that sampling could
+    reach, and how much PerPO harvests); `--quick` runs best-of-4 on 24 expressions. Prints one progress bar over
+    the models, then one summary line per model.
     """
+    from concurrent.futures import as_completed
+
+    from tqdm import tqdm
+
+    from perpo.console import eval_summary
     from perpo.evaluation import EvalConfig, run_eval
 
     runs = {}
     for name, adapter in {"base": None, **adapters}.items():
-        tasks = ["perpo_synth_test", "perpo_synth_test_orig", "perpo_synth_test_noimg"]
+        tasks = ["perpo_synth_test", "perpo_synth_test_orig", "perpo_synth_test_blankimg"]
         if name in ("base", "perpo"):
             tasks.append("perpo_synth_test_bon4" if cfg.quick else "perpo_synth_test_bon20")
         runs[name] = EvalConfig(
@@ -330,13 +385,38 @@ def evaluate_models(cfg: DemoConfig, data: Path, base: Path, adapters: dict[str,
             device="cpu",
             limit=24 if cfg.quick else None,
         )
-    os.environ["OMP_NUM_THREADS"] = "1"  # the evaluation processes share the cores two by two
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(run_eval, run, None) for name, run in runs.items()}
-        for name, future in futures.items():
-            future.result()
-            print(f"  evaluated {name}", flush=True)
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(max(1, threads // 2))  # the evaluation processes share the cores
+    summaries = {}
+    try:
+        with (
+            ThreadPoolExecutor(max_workers=2) as pool,
+            tqdm(total=len(runs), desc="lmms-eval", unit="model", dynamic_ncols=True) as bar,
+        ):
+            futures = {pool.submit(run_eval, run, None): name for name, run in runs.items()}
+            for future in as_completed(futures):
+                summaries[futures[future]] = future.result()["summary"]
+                bar.update(1)
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+    logs = out.parent / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for name, run in runs.items():
+        print("  " + eval_summary(name, summaries[name]), flush=True)
+        _link(logs / f"lmms_eval_{name}.log", Path(run.output_dir) / "lmms_eval.log")
     return {name: Path(run.output_dir) for name, run in runs.items()}
+
+
+def _link(link: Path, target: Path) -> None:
+    """`link` → `target` (relative symlink), or a copy where links cannot be made."""
+    link.unlink(missing_ok=True)
+    try:
+        link.symlink_to(os.path.relpath(target, link.parent))
+    except OSError:
+        shutil.copyfile(target, link)
 
 
 def write_demo_report(out: Path, data: Path, evals: dict[str, Path]) -> Path:

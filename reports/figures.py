@@ -113,7 +113,7 @@ def image_ablation_figure(results: ResultSet, metric: str = "ap50") -> Figure | 
     ax.set_ylim(0, top * 1.15 if top > 0 else 1.0)
     ax.set_xticks(range(len(groups)), groups, fontsize=8)
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-    ax.set_title("With and without the image")
+    ax.set_title("The image ablation: " + " vs ".join(IMAGE_MODES[m] for m in modes))
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -12,7 +12,9 @@ Marks follow the paper's captions ("Bolding indicates optimal performance, under
 performance"): per column, among the rows of one base-model block (base included), on the values as displayed
 (so equal-looking numbers tie); every row holding the best value is bold, every row holding the next distinct
 value underlined; `better: lower` columns (edit distance, hallucination rate) rank the other way; `better: none`
-columns and columns with fewer than two values get no marks.
+columns and columns with fewer than two values get no marks. An `optional: true` column (an ablation not every
+evaluation runs, e.g. no image / blank image) is shown only when some row has it, and a run without it is not
+reported as missing.
 
 Markdown marks are `**bold**` and `<u>underline</u>` (Markdown has no underline; `<u>` renders on GitHub and in
 HTML), LaTeX `\\textbf{}` and `\\underline{}`. CSV holds the displayed numbers without marks, empty where missing.
@@ -24,7 +26,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,7 @@ class Column:
     latex: str = ""
     digits: int = 1
     better: str = "higher"
+    optional: bool = False
 
     @property
     def header(self) -> str:
@@ -223,6 +226,7 @@ def _column(entry: dict, table: str) -> Column:
             latex=str(entry.get("latex", "")),
             digits=int(entry.get("digits", 1)),
             better=str(entry.get("better", "higher")),
+            optional=bool(entry.get("optional", False)),
         )
     except (KeyError, TypeError) as err:
         raise ConfigError(f"table {table}: column {entry!r} needs key, label and sources [{{task, metric}}]") from err
@@ -285,7 +289,7 @@ def cells_from_results(results: ResultSet, spec: TableSpec) -> tuple[pd.DataFram
         if not present:
             continue
         for column in spec.columns:
-            if math.isnan(cells[column.key]):
+            if math.isnan(cells[column.key]) and not column.optional:
                 task, metric, _ = column.sources[0]
                 problems.append(
                     Problem(run.label, "missing_metric", task, metric, f"{spec.name} column '{column.header}'")
@@ -408,6 +412,10 @@ def build_table(spec: TableSpec, cells: pd.DataFrame) -> Table:
     Raises:
         ConfigError: If two cells claim the same row and column (e.g. two runs of one method and sweep value).
     """
+    present = set(cells.loc[cells["value"].notna(), "column"])
+    shown = tuple(c for c in spec.columns if not c.optional or c.key in present)
+    if len(shown) < len(spec.columns):
+        spec = replace(spec, columns=shown)
     if spec.layout == "methods":
         return _methods_table(spec, cells)
     return _sweep_table(spec, cells)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,16 +32,37 @@ def test_quick_demo_runs_every_stage_and_writes_every_artefact(tmp_path, base_mo
     Image.open(out / "lists" / "stats.png").verify()
     for method in ("sft", "dpo", "lipo", "perpo"):
         assert (out / "models" / method / "adapter_model.safetensors").is_file(), method
-        results = json.loads((out / "eval" / method / "results.json").read_text())["results"]
-        assert {"perpo_synth_test", "perpo_synth_test_noimg"} <= set(results)
+        # the trainer's log history, one JSON line per log (the console shows a bar and a summary line instead)
+        lines = (out / "models" / method / "train_log.jsonl").read_text().splitlines()
+        history = [json.loads(line) for line in lines]
+        assert "loss" in history[0] and "train_runtime" in history[-1], method
+        assert ("rewards/accuracy" in history[0]) == (method != "sft")
+        assert list((out / "models" / method / "runs").glob("*/events.out.tfevents.*")), method  # TensorBoard
+        assert re.search(
+            rf"^  {method} +trained {kept} lists × 1 epoch in [\d.]+ s \([\d.]+ lists/s\), final ", printed, re.M
+        )
+    for model in ("base", "sft", "dpo", "lipo", "perpo"):
+        results = json.loads((out / "eval" / model / "results.json").read_text())["results"]
+        assert {"perpo_synth_test", "perpo_synth_test_blankimg"} <= set(results), model  # Figure 1c's pair
+        assert 0 <= results["perpo_synth_test_blankimg"]["ap50,none"] <= 1
+        assert re.search(rf"^  {model} +test AP@50 [\d.]+%, blank image [\d.]+%", printed, re.M), model
+        linked = out / "logs" / f"lmms_eval_{model}.log"  # lmms-eval's output: in the eval folder, linked in logs/
+        assert linked.read_text() == (out / "eval" / model / "lmms_eval.log").read_text()
     base = json.loads((out / "eval" / "base" / "results.json").read_text())["results"]
     assert "ap50_bo4,none" in base["perpo_synth_test_bon4"]  # the best-of-k curve (best-of-4 in quick mode)
+
+    # a quiet console: no trainer dicts, no library logging (in logs/demo.log instead); the stages and summaries stay
+    log = (out / "logs" / "demo.log").read_text()
+    assert "perpo.data.synth" in log and "perpo.evaluation: running" in log
+    assert "{'loss'" not in printed and "{'train_runtime'" not in printed and "[WARNING]" not in printed
+    assert "perpo.evaluation" not in done.stderr and "Setting accelerator to CPU" not in printed + done.stderr
 
     report = out / "report"
     index = (report / "index.md").read_text()
     table = (report / "tables" / "synth.md").read_text()
     for label in ("base", "+ SFT", "+ DPO", "+ LiPO-λ", "+ PerPO"):
         assert f"| {label} |" in table and label in index
+    assert "| blank image AP@50 |" in table and "no image" not in table  # the column the demo evaluates
     assert table in printed  # the demo prints the Table-1-style table
     figures = sorted((report / "figures").glob("*.png"))
     assert {p.stem for p in figures} >= {"best_of_n_ap50", "best_of_n_iou", "image_ablation"}, figures
@@ -51,6 +74,8 @@ def test_quick_demo_runs_every_stage_and_writes_every_artefact(tmp_path, base_mo
     summary = json.loads((out / "summary.json").read_text())
     stage_names = ["synthetic data and base model", "sample", "rewards and margin filter", "train"]
     assert set(summary["timings_s"]) == {*stage_names, "evaluate (lmms-eval)", "report"}
+    threads = int(os.environ["OMP_NUM_THREADS"])  # tests/conftest.py sets it (1): the demo takes it as its budget
+    assert summary["threads"] == {"train": threads, "eval_processes": 2, "eval_threads_each": max(1, threads // 2)}
     assert "[6/6] report" in printed and "min left" in printed
 
     # the several-seed table reads the same folders (here one seed: means without spread)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from perpo.config import ConfigError
-from perpo.demo import DemoConfig, Stages
+from perpo.demo import DemoConfig, Stages, resolve_threads
 
 
 def test_each_method_gets_its_own_learning_rate_and_beta():
@@ -36,3 +38,15 @@ def test_the_stage_clock_counts_down_what_is_left(capsys):
     stages.start("b")
     printed = capsys.readouterr().out
     assert "[2/3] b" in printed and "about 3 min left" in printed  # b and c: 180 s
+
+
+def test_threads_default_to_the_usable_cores_unless_omp_num_threads_says_otherwise(monkeypatch):
+    """Sampling and training run alone: all the cores this process may use; a set OMP_NUM_THREADS (a parallel
+    test run, a shared machine) wins; an explicit --threads wins over both."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert DemoConfig().threads == 0
+    assert resolve_threads(0) == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert resolve_threads(0) == 1 and resolve_threads(3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    assert resolve_threads(0) == len(os.sched_getaffinity(0))

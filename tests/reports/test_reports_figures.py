@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -56,6 +58,22 @@ def test_image_ablation_bars_pair_each_task_with_its_no_image_variant(results, t
     assert [t.get_text() for t in ax.get_xticklabels()] == ["base200\nsynth test", "base200 + PerPO\nsynth test"]
     assert ax.get_ylabel() == "AP@50 (%)"
     _png(fig, tmp_path / "image.png")
+
+
+def test_image_ablation_draws_the_blank_image_variant_where_runs_have_it(tmp_path):
+    """The demo evaluates `_blankimg` (a uniform image) instead of `_noimg`: bars with image vs blank image."""
+    blank = tmp_path / "blank"
+    shutil.copytree(AFTER, blank)
+    path = blank / "results.json"
+    text = path.read_text().replace("perpo_synth_test_noimg", "perpo_synth_test_blankimg")
+    path.write_text(text.replace('"image": "none"', '"image": "blank"'))
+    samples = blank / "samples"
+    (samples / "perpo_synth_test_noimg.jsonl").rename(samples / "perpo_synth_test_blankimg.jsonl")
+    fig = figures.image_ablation_figure(load_results([blank]))
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["with image", "blank image"]
+    assert ax.get_title() == "The image ablation: with image vs blank image"
+    _png(fig, tmp_path / "blank.png")
 
 
 @pytest.mark.parametrize(("field", "values"), [("n", (2, 4, 8)), ("gamma", (0.0, 0.5, 1.0)), ("margin", (0.2, 0.8))])

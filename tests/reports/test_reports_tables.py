@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import shutil
 
 import pandas as pd
 import pytest
@@ -46,6 +47,31 @@ def test_columns_a_run_lacks_are_reported(results):
     # runs with none of a table's tasks are left out of it (they ran other benchmarks)
     cells, problems = cells_from_results(results, table_specs()["table1"])
     assert cells.empty and problems == []
+
+
+def test_optional_columns_show_only_where_some_run_has_them(tmp_path):
+    """The synth table's no-image and blank-image columns are optional: a column no run has is left out and not
+    reported missing; beside a run that has it, a run without it gets "–" (still not a missing metric)."""
+    blank = tmp_path / "blank"
+    shutil.copytree(AFTER, blank)
+    for path in [blank / "results.json", *(blank / "samples").glob("*.jsonl")]:
+        path.write_text(path.read_text().replace("perpo_synth_test_noimg", "perpo_synth_test_blankimg"))
+    (blank / "samples" / "perpo_synth_test_noimg.jsonl").rename(blank / "samples" / "perpo_synth_test_blankimg.jsonl")
+    spec = table_specs()["synth"]
+    assert {c.key for c in spec.columns if c.optional} == {"ap50_noimg", "ap50_blankimg"}
+
+    cells, problems = cells_from_results(load_results([BASE]), spec)
+    header = build_table(spec, cells).to_markdown().splitlines()[0]
+    assert "| no image AP@50 |" in header and "blank image" not in header and problems == []
+
+    cells, problems = cells_from_results(load_results([blank]), spec)
+    header = build_table(spec, cells).to_markdown().splitlines()[0]
+    assert "| blank image AP@50 |" in header and "no image" not in header and problems == []
+
+    cells, problems = cells_from_results(load_results([BASE, blank]), spec)
+    lines = build_table(spec, cells).to_markdown().splitlines()
+    assert "| original AP@50 | no image AP@50 | blank image AP@50 | best-of-N first |" in lines[0]
+    assert "| 0.0 | – |" in lines[2] and "| – | 0.0 |" in lines[3] and problems == []
 
 
 def test_latex_has_grouped_headers_marks_and_dashes(results):
