@@ -29,7 +29,7 @@ from transformers import Trainer, TrainingArguments
 
 from perpo.config import ConfigError, opt
 from perpo.data.collate import ListCollator
-from perpo.logprobs import LAYOUTS, ListBatch, sequence_logps
+from perpo.logprobs import LAYOUTS, ListBatch, ReferenceMemo, sequence_logps
 from perpo.losses import LOSS_NEEDS_REFERENCE, LOSSES
 from perpo.modeling import DEFAULT_LORA_TARGETS
 
@@ -59,8 +59,19 @@ class PerPOArguments:
     train_projector: bool = opt(True, help="train the multimodal projector fully (as the released code does)")
     reference: str = opt("adapter", help=f"reference policy: {', '.join(REFERENCE_MODES)}")
     ref_logps_file: str | None = opt(None, help="precomputed reference log-probs file (default: beside the data)")
-    layout: str = opt("shared", help=f"log-prob layout: {', '.join(LAYOUTS)} (naive = N full sequences)")
-    pack: int = opt(1, help="shared layout: lists packed into one row")
+    layout: str = opt(
+        "tree",
+        help=f"log-prob layout: {', '.join(LAYOUTS)} (naive = N full sequences; shared = one row per list; tree = "
+        "shared with common response prefixes computed once)",
+    )
+    pack: int = opt(1, help="shared/tree layout: lists packed into one row")
+    cache_reference: bool = opt(
+        True, help="keep each list's reference log-probs after its first pass (no reference pass in later epochs)"
+    )
+    cache_inputs: bool = opt(True, help="keep each list's encoded prompt, image and responses after the first epoch")
+    fuse_lora: bool = opt(
+        True, help="compute each LoRA update as one fused matmul-add (same numbers, less memory traffic)"
+    )
     chunk_size: int | None = opt(None, help="rows per forward chunk (recomputed in backward) for lists too big")
     dtype: str = opt("auto", help="model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     attn_implementation: str | None = opt(None, help="attention kernel: sdpa (default), eager")
@@ -126,6 +137,8 @@ class PerPOTrainer(Trainer):
         self._lists = 0
         self._tokens = 0
         self._last_log = time.perf_counter()
+        # Reference log-probs by list content (never in multi-process runs: there a skipped pass could desync ranks).
+        self._reference_memo = ReferenceMemo() if perpo_args.cache_reference and self.args.world_size == 1 else None
 
     def train(self, *args, **kwargs):
         self._last_log = time.perf_counter()  # throughput excludes set-up time
@@ -150,11 +163,18 @@ class PerPOTrainer(Trainer):
             return None
         if "ref_logps" in inputs:
             return inputs["ref_logps"]
+        memo, batch = self._reference_memo, inputs["batch"]
+        if memo is not None and (known := memo.get(batch, next(model.parameters()).device)) is not None:
+            return known
         with torch.no_grad():
             if self.ref_model is not None:
-                return self._logps(self.ref_model, inputs["batch"])[0]
-            with _peft_model(model).disable_adapter():
-                return self._logps(model, inputs["batch"])[0]
+                logps = self._logps(self.ref_model, batch)[0]
+            else:
+                with _peft_model(model).disable_adapter():
+                    logps = self._logps(model, batch)[0]
+        if memo is not None:
+            memo.put(batch, logps)
+        return logps
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         a = self.perpo_args
@@ -295,7 +315,7 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments) -> Path:
     from perpo.config import save_resolved
     from perpo.data.schema import load_records
     from perpo.heldout import HeldoutEvaluator
-    from perpo.modeling import apply_lora, disable_dropout, frozen_copy, load_model, load_processor
+    from perpo.modeling import apply_lora, disable_dropout, frozen_copy, fuse_lora, load_model, load_processor
 
     set_seed(training_args.seed)  # before LoRA's random init, so a run is reproducible from its seed
     data = Path(args.data)
@@ -315,7 +335,7 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments) -> Path:
     disable_dropout(model)
     model.requires_grad_(False)
     image_root = args.image_root or str(data.parent)
-    collator = ListCollator(processor, image_root, args.n, with_answers=args.loss == "sft")
+    collator = ListCollator(processor, image_root, args.n, with_answers=args.loss == "sft", cache=args.cache_inputs)
 
     ref_model = None
     if args.loss in LOSS_NEEDS_REFERENCE and args.reference == "precomputed":
@@ -329,6 +349,8 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments) -> Path:
             model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=args.lora_targets,
             train_projector=args.train_projector,
         )  # fmt: skip
+        if args.fuse_lora and not training_args.deepspeed:  # ZeRO-3 gathers weights through module hooks
+            fuse_lora(model)
     else:
         for name, parameter in model.named_parameters():
             parameter.requires_grad = "vision_tower" not in name and (args.train_projector or "projector" not in name)

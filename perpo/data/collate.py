@@ -81,18 +81,34 @@ class ListCollator:
         n: responses per list used for training (the first `n` of each record's responses).
         with_answers: also build the ground-truth answers as one-response lists (for the SFT loss).
         ref_logps: optional precomputed reference log-probs, id → N floats.
+        cache: encode each list once and keep it (prompt ids, image tensor, response ids) for later epochs.
+        cache_bytes: stop adding lists to the cache once their image tensors take this much memory.
     """
 
-    def __init__(self, processor, image_root, n: int, *, with_answers: bool = False, ref_logps: dict | None = None):
+    def __init__(
+        self,
+        processor,
+        image_root,
+        n: int,
+        *,
+        with_answers: bool = False,
+        ref_logps: dict | None = None,
+        cache: bool = False,
+        cache_bytes: int = 1 << 30,
+    ):
         self.processor = processor
         self.image_root = image_root
         self.n = n
         self.with_answers = with_answers
         self.ref_logps = ref_logps
+        self.cache = cache
+        self.cache_bytes = cache_bytes
+        self._encoded: dict[tuple, tuple] = {}
+        self._cached_bytes = 0
 
-    def __call__(self, records: Sequence[dict]) -> dict:
+    def encode(self, records: Sequence[dict]) -> tuple[list[list[int]], dict, list[bool], list[list[list[int]]]]:
+        """Prompt ids, image inputs, image flags and response ids of `records`, as the processor makes them."""
         from perpo.data.schema import resolve_image
-        from perpo.logprobs import ListBatch
         from perpo.prompts import chat_prompt
 
         images = [None if not r["image"] else load_image(resolve_image(r, self.image_root)) for r in records]
@@ -103,12 +119,57 @@ class ListCollator:
         prompt_ids, extra = encode_prompts(self.processor, prompts, images)
         has_image = [image is not None for image in images]
         tokenizer = self.processor.tokenizer
-        batch = ListBatch(
-            prompt_ids=prompt_ids,
-            response_ids=[encode_responses(tokenizer, r["responses"][: self.n]) for r in records],
-            images=extra,
-            has_image=has_image,
+        responses = [encode_responses(tokenizer, r["responses"][: self.n]) for r in records]
+        return prompt_ids, extra, has_image, responses
+
+    def _key(self, record: dict) -> tuple:
+        return str(record["image"] or ""), record["question"], tuple(record["responses"][: self.n])
+
+    def encode_cached(self, records: Sequence[dict]):
+        """`encode`, from a per-list cache: each list is encoded once, later epochs only assemble the batch.
+
+        Exact when the processor encodes each image on its own into a fixed-size `pixel_values` row (LLaVA-1.5); for
+        processors whose batch output depends on the batch (LLaVA-NeXT / OneVision patch padding, `image_sizes`)
+        the cache switches itself off. Lists stop being added once the cached pixels reach `cache_bytes`.
+        """
+        keys = [self._key(r) for r in records]
+        missing = [i for i, key in enumerate(keys) if key not in self._encoded]
+        fresh = {}
+        if missing:
+            prompt_ids, extra, has_image, responses = self.encode([records[i] for i in missing])
+            pixels = extra.get("pixel_values")
+            if set(extra) - {"pixel_values"} or (pixels is not None and pixels.dim() != 4):
+                self.cache = False  # batch-dependent image inputs: encode whole batches from now on
+                if len(missing) == len(records):
+                    return prompt_ids, extra, has_image, responses
+                return self.encode(records)
+            image = 0
+            for j, i in enumerate(missing):
+                row = None
+                if has_image[j]:
+                    row = pixels[image : image + 1].clone()
+                    image += 1
+                fresh[i] = (prompt_ids[j], row, responses[j])
+                if self._cached_bytes < self.cache_bytes:
+                    self._encoded[keys[i]] = fresh[i]
+                    self._cached_bytes += 0 if row is None else row.numel() * row.element_size()
+        entries = [fresh[i] if i in fresh else self._encoded[key] for i, key in enumerate(keys)]
+        rows = [row for _, row, _ in entries if row is not None]
+        extra = {"pixel_values": torch.cat(rows)} if rows else {}
+        return (
+            [list(p) for p, _, _ in entries],
+            extra,
+            [row is not None for _, row, _ in entries],
+            [[list(r) for r in rs] for _, _, rs in entries],
         )
+
+    def __call__(self, records: Sequence[dict]) -> dict:
+        from perpo.logprobs import ListBatch
+
+        encode = self.encode_cached if self.cache else self.encode
+        prompt_ids, extra, has_image, responses = encode(records)
+        tokenizer = self.processor.tokenizer
+        batch = ListBatch(prompt_ids=prompt_ids, response_ids=responses, images=extra, has_image=has_image)
         out = {
             "batch": batch,
             "rewards": torch.tensor([r["rewards"][: self.n] for r in records], dtype=torch.float32),  # [B, N]
