@@ -403,6 +403,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path:<6} " + " ".join(f"{med(path, k):>{w}.1f}" for k, w in zip(keys, (9, 10, 10), strict=True)))
     ratios = {k: med("fast", k) / med("today", k) for k in keys}
     print(f"{'ratio':<6} " + " ".join(f"{ratios[k]:>{w - 1}.2f}x" for k, w in zip(keys, (9, 10, 10), strict=True)))
+    paired = [
+        next(r for r in runs if r["repeat"] == i and r["path"] == "fast")["run_lists_per_s"]
+        / next(r for r in runs if r["repeat"] == i and r["path"] == "today")["run_lists_per_s"]
+        for i in range(args.repeats)
+    ]
+    print(
+        f"whole run, fast / today within each round: {', '.join(f'{x:.2f}x' for x in paired)} "
+        f"(median {statistics.median(paired):.2f}x)"
+    )
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         payload = {
@@ -411,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             "equality": check,
             "runs": runs,
             "ratios": ratios,
+            "paired_run_ratios": paired,
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
     return 0 if check["ok"] else 1
