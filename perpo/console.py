@@ -193,8 +193,8 @@ def training_summary(name: str, history: Sequence[dict], lists: int, width: int 
 
     From a trainer's log history: time, epochs and (without interval throughput) the rate from the final entry
     (`train_runtime`, `epoch`, `train_samples_per_second`), the rate from `throughput/lists_per_s`, then the last
-    logged `rewards/accuracy` (else the loss), `logratio/chosen` / `logratio/rejected` and `heldout/ap50`, each
-    only when logged.
+    logged `rewards/accuracy` (else the loss), `logratio/chosen` / `logratio/rejected`, `train_lists/ap50` and
+    `heldout/ap50`, each only when logged.
     """
     seconds = _last(history, "train_runtime")
     epochs = _last(history, "epoch")
@@ -219,7 +219,9 @@ def training_summary(name: str, history: Sequence[dict], lists: int, width: int 
     chosen, rejected = _last(history, "logratio/chosen"), _last(history, "logratio/rejected")
     if chosen is not None and rejected is not None:
         parts.append(f"log-ratio chosen {chosen:+.2f} / rejected {rejected:+.2f}")
-    heldout = _last(history, "heldout/ap50")
+    heldout, fitted = _last(history, "heldout/ap50"), _last(history, "train_lists/ap50")
+    if fitted is not None:  # train-list beside held-out accuracy: a gap between them is over-fitting
+        parts.append(f"AP@50 on its lists {100 * fitted:.1f}%")
     if heldout is not None:
         parts.append(f"held-out AP@50 {100 * heldout:.1f}%")
     return ", ".join([text, *parts])

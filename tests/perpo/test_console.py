@@ -25,6 +25,10 @@ def test_the_training_line_reads_the_log_history_and_skips_what_was_not_logged()
     assert training_summary("perpo", later, lists=508).endswith(
         "final reward accuracy 0.91, log-ratio chosen +0.80 / rejected -2.10, held-out AP@50 61.2%"
     )
+    later[-1]["train_lists/ap50"] = 0.82  # train-list accuracy beside the held-out one
+    assert training_summary("perpo", later, lists=508).endswith(
+        "-2.10, AP@50 on its lists 82.0%, held-out AP@50 61.2%"
+    )
     # SFT logs no reward accuracy: its final loss instead; without interval throughput, HF's samples per second
     sft = [{"loss": 0.37, "epoch": 1.0, "step": 1}, {"train_runtime": 5.9, "train_samples_per_second": 1.02}]
     line = training_summary("sft", sft, lists=6)
