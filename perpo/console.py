@@ -4,8 +4,8 @@
   warnings go to `<logs>/demo.log`; the console keeps errors, and perpo's own warnings. transformers' own
   progress bars (loading weights) are switched off.
 - `TrainLog`: a `transformers.TrainerCallback` that draws one progress bar per training run and writes each entry of
-  the trainer's log history (`trainer.state.log_history`) as a JSON line; `trainer_callbacks(...)` has
-  `perpo.trainer.run_train` build its trainer with such callbacks in place of the dict-printing console callback.
+  the trainer's log history (`trainer.state.log_history`) as a JSON line; `perpo.trainer.run_train(...,
+  callbacks=[...])` uses it in place of the dict-printing console callback.
 - `training_summary` / `eval_summary`: the one-line summaries of a training run (from its log history) and of an
   evaluation run (from its results).
 """
@@ -150,35 +150,6 @@ class TrainLog(TrainerCallback):
             self.bar.update(state.global_step - self.bar.n)
             self.bar.close()
             self.bar = None
-
-
-@contextmanager
-def trainer_callbacks(*callbacks: TrainerCallback) -> Iterator[None]:
-    """While active, `perpo.trainer.run_train` builds its trainer with `callbacks` and without the console printer.
-
-    `run_train` takes no callbacks, so the trainer class it instantiates is swapped for a subclass for the
-    duration (restored on exit). The subclass only changes the callback list.
-    """
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    import perpo.trainer as trainer_module
-
-    original = trainer_module.PerPOTrainer
-
-    class QuietTrainer(original):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.remove_callback(PrinterCallback)
-            self.remove_callback(ProgressCallback)
-            for callback in callbacks:
-                self.add_callback(callback)
-
-    QuietTrainer.__qualname__ = QuietTrainer.__name__ = original.__name__
-    trainer_module.PerPOTrainer = QuietTrainer
-    try:
-        yield
-    finally:
-        trainer_module.PerPOTrainer = original
 
 
 def _last(history: Sequence[dict], key: str):

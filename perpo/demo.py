@@ -223,7 +223,7 @@ def train_method(
     from transformers import TrainingArguments
     from transformers.integrations import is_tensorboard_available
 
-    from perpo.console import TrainLog, trainer_callbacks
+    from perpo.console import TrainLog
     from perpo.trainer import PerPOArguments, run_train
 
     with (lists / "train.jsonl").open(encoding="utf-8") as handle:
@@ -261,8 +261,7 @@ def train_method(
         data_seed=cfg.seed,
     )
     settings = f"lr {lr:g}" + ("" if method == "sft" else f", β {beta:g}")
-    with trainer_callbacks(TrainLog(Path(out) / "train_log.jsonl", f"{method} ({settings})")):
-        return run_train(args, training)
+    return run_train(args, training, callbacks=[TrainLog(Path(out) / "train_log.jsonl", f"{method} ({settings})")])
 
 
 def resolve_threads(threads: int) -> int:

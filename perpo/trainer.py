@@ -308,8 +308,12 @@ def load_or_compute_reference(model, collator, records, args: PerPOArguments, ba
 # ------------------------------------------------------------------------------------------------- run
 
 
-def run_train(args: PerPOArguments, training_args: TrainingArguments) -> Path:
-    """Load data and model, set up LoRA and the reference, train, save adapters (+ processor). Returns the output."""
+def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks: list | None = None) -> Path:
+    """Load data and model, set up LoRA and the reference, train, save adapters (+ processor). Returns the output.
+
+    `callbacks` (transformers `TrainerCallback`s) replace the console's dict printer and progress bar when given:
+    a caller that draws its own progress (the demo) passes them.
+    """
     from transformers import set_seed
 
     from perpo.config import save_resolved
@@ -371,6 +375,13 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments) -> Path:
         ref_model=ref_model,
     )
     trainer.heldout = heldout
+    if callbacks is not None:
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+        for callback in callbacks:
+            trainer.add_callback(callback)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if heldout:
         heldout.finish(trainer)

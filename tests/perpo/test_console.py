@@ -6,9 +6,7 @@ import logging
 import math
 import warnings
 
-import pytest
-
-from perpo.console import eval_summary, quiet_console, trainer_callbacks, training_summary
+from perpo.console import eval_summary, quiet_console, training_summary
 
 HISTORY = [
     {"loss": 0.69, "rewards/accuracy": 0.5, "throughput/lists_per_s": 8.0, "epoch": 1.0, "step": 5},
@@ -74,13 +72,3 @@ def test_quiet_console_sends_logs_and_warnings_to_the_file_and_keeps_errors_on_s
     for text in ("library warning", "library info", "perpo info", "a python warning"):
         assert text not in shown, text
     assert root.level == level and not handler.filters
-
-
-def test_trainer_callbacks_swap_the_trainer_class_only_inside_the_context():
-    pytest.importorskip("transformers")
-    import perpo.trainer as trainer_module
-
-    original = trainer_module.PerPOTrainer
-    with trainer_callbacks():
-        assert trainer_module.PerPOTrainer is not original and issubclass(trainer_module.PerPOTrainer, original)
-    assert trainer_module.PerPOTrainer is original

@@ -11,8 +11,8 @@ from perpo.demo import DemoConfig, Stages, resolve_threads
 
 
 def test_each_method_gets_its_own_learning_rate_and_beta():
-    cfg = DemoConfig(lr_dpo=3e-5, beta_perpo=0.5)
-    assert (cfg.lr("dpo"), cfg.lr("sft"), cfg.beta("perpo"), cfg.beta("dpo")) == (3e-5, cfg.lr_sft, 0.5, 0.1)
+    cfg = DemoConfig(lr_dpo=3e-5, beta_perpo=2.0, beta_dpo=0.1)
+    assert (cfg.lr("dpo"), cfg.lr("sft"), cfg.beta("perpo"), cfg.beta("dpo")) == (3e-5, cfg.lr_sft, 2.0, 0.1)
 
 
 @pytest.mark.parametrize(
