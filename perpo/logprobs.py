@@ -44,6 +44,14 @@ from torch.utils.checkpoint import checkpoint
 LAYOUTS = ("naive", "shared", "tree")
 
 
+def _right_pad(seqs: list[list[int]], width: int, value: int) -> torch.Tensor:
+    """[len(seqs), width] long tensor: each sequence left-aligned, the rest `value`."""
+    out = torch.full((len(seqs), width), value, dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        out[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return out
+
+
 @dataclass
 class ListBatch:
     """Token ids of B lists (no padding), their images, and what the losses need.
@@ -215,10 +223,7 @@ def shared_rows(batch: ListBatch, pad_id: int, pack: int = 1) -> SharedRows:
     width = max(len(r) for r in rows)
 
     def pad(seqs, value):
-        out = torch.full((len(seqs), width), value, dtype=torch.long)
-        for i, seq in enumerate(seqs):
-            out[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        return out
+        return _right_pad(seqs, width, value)
 
     return SharedRows(
         input_ids=pad(rows, pad_id),
@@ -452,10 +457,7 @@ def tree_rows(batch: ListBatch, pad_id: int, pack: int = 1) -> TreeRows:
     width = max(len(r) for r in rows)
 
     def pad(seqs, value):
-        out = torch.full((len(seqs), width), value, dtype=torch.long)
-        for i, seq in enumerate(seqs):
-            out[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        return out
+        return _right_pad(seqs, width, value)
 
     return TreeRows(
         input_ids=pad(rows, pad_id),
