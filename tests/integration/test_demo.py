@@ -35,11 +35,17 @@ def test_quick_demo_runs_every_stage_and_writes_every_artefact(tmp_path, base_mo
         # the trainer's log history, one JSON line per log (the console shows a bar and a summary line instead)
         lines = (out / "models" / method / "train_log.jsonl").read_text().splitlines()
         history = [json.loads(line) for line in lines]
-        assert "loss" in history[0] and "train_runtime" in history[-1], method
+        assert "loss" in history[0] and any("train_runtime" in entry for entry in history), method
+        # held-out and train-list AP@50 after training (the demo's --heldout), logged and on the summary line
+        assert {"heldout/ap50", "train_lists/ap50"} <= set(history[-1]), method
+        assert 0 <= history[-1]["heldout/ap50"] <= 1 and (out / "models" / method / "heldout.json").is_file()
         assert ("rewards/accuracy" in history[0]) == (method != "sft")
         assert list((out / "models" / method / "runs").glob("*/events.out.tfevents.*")), method  # TensorBoard
         assert re.search(
-            rf"^  {method} +trained {kept} lists × 1 epoch in [\d.]+ s \([\d.]+ lists/s\), final ", printed, re.M
+            rf"^  {method} +trained {kept} lists × 1 epoch in [\d.]+ s \([\d.]+ lists/s\), final .*"
+            r"AP@50 on its lists [\d.]+%, held-out AP@50 [\d.]+%$",
+            printed,
+            re.M,
         )
     for model in ("base", "sft", "dpo", "lipo", "perpo"):
         results = json.loads((out / "eval" / model / "results.json").read_text())["results"]
