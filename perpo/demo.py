@@ -83,6 +83,8 @@ class DemoConfig:
             raise ConfigError(f"unknown method(s) {unknown}; choose from {', '.join((*METHODS, 'listwise'))}")
         if self.warmup_steps < 0 or self.instructions < 1 or self.n < 2:
             raise ConfigError("need warmup_steps >= 0, instructions >= 1 and n >= 2")
+        if self.heldout < 0:
+            raise ConfigError(f"--heldout must be >= 0 (0 turns the held-out scoring off), got {self.heldout}")
         if self.quick:
             self.instructions, self.n, self.epochs = min(self.instructions, 24), min(self.n, 6), 1.0
 

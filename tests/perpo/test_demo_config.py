@@ -21,6 +21,7 @@ def test_each_method_gets_its_own_learning_rate_and_beta():
         ({"methods": ["sft", "ppo"]}, "unknown method.*ppo"),
         ({"n": 1}, "n >= 2"),
         ({"instructions": 0}, "instructions >= 1"),
+        ({"heldout": -1}, "--heldout must be >= 0"),
     ],
 )
 def test_bad_settings_are_refused_with_the_reason(kwargs, message):
