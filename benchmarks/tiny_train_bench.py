@@ -54,22 +54,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.train_bench import cpu_model  # noqa: E402  (the machine line both benchmarks print)
+
 PATHS = {
     "today": dict(layout="shared", cache_reference=False, cache_inputs=False, fuse_lora=False),
     "fast": dict(layout="tree", cache_reference=True, cache_inputs=True, fuse_lora=True),
 }
 # The demo's PerPO training (perpo/demo.py: DemoConfig, train_method).
 DEMO = dict(loss="perpo", beta=0.5, gamma=0.5, lora_r=32, lora_alpha=64, lr=1e-4, batch_size=8, epochs=3)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ---------------------------------------------------------------------------------------------------- data

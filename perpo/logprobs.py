@@ -222,14 +222,11 @@ def shared_rows(batch: ListBatch, pad_id: int, pack: int = 1) -> SharedRows:
         branches.append(br)
     width = max(len(r) for r in rows)
 
-    def pad(seqs, value):
-        return _right_pad(seqs, width, value)
-
     return SharedRows(
-        input_ids=pad(rows, pad_id),
-        position_ids=pad(positions, 0),
-        segment=pad(segments, -1),
-        branch=pad(branches, -2),
+        input_ids=_right_pad(rows, width, pad_id),
+        position_ids=_right_pad(positions, width, 0),
+        segment=_right_pad(segments, width, -1),
+        branch=_right_pad(branches, width, -2),
         predict_row=torch.tensor(predict_row),
         predict_pos=torch.tensor(predict_pos),
         target_ids=torch.tensor(target_ids),
@@ -456,14 +453,11 @@ def tree_rows(batch: ListBatch, pad_id: int, pack: int = 1) -> TreeRows:
         ends.append(end)
     width = max(len(r) for r in rows)
 
-    def pad(seqs, value):
-        return _right_pad(seqs, width, value)
-
     return TreeRows(
-        input_ids=pad(rows, pad_id),
-        position_ids=pad(positions, 0),
-        segment=pad(segments, -1),
-        end=pad(ends, 0),
+        input_ids=_right_pad(rows, width, pad_id),
+        position_ids=_right_pad(positions, width, 0),
+        segment=_right_pad(segments, width, -1),
+        end=_right_pad(ends, width, 0),
         predict_row=torch.tensor(predict_row, dtype=torch.long),
         predict_pos=torch.tensor(predict_pos, dtype=torch.long),
         target_ids=torch.tensor(target_ids, dtype=torch.long),
