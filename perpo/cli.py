@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from perpo.config import int_at_least
+
 
 @dataclass(frozen=True)
 class Command:
@@ -47,7 +49,9 @@ def _tiny_model(argv: list[str]) -> int:
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
     for name, value in vars(defaults).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value, help=f"(default {value})")
+        low = {"seed": None, "vocab_size": 0}.get(name, 1)
+        kind = int_at_least(low) if low is not None else int
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value, help=f"(default {value})")
     args = parser.parse_args(argv)
     from perpo.tiny import save_tiny_model
 
@@ -67,10 +71,10 @@ def _add_synth_parser(sub) -> None:
     )
     synth.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
     synth.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    synth.add_argument("--train", type=int, default=4000, help="train scenes (default 4000)")
-    synth.add_argument("--val", type=int, default=300, help="val scenes (default 300)")
-    synth.add_argument("--test", type=int, default=300, help="test scenes (default 300)")
-    synth.add_argument("--size", type=int, default=64, help="canvas side in pixels (default 64)")
+    synth.add_argument("--train", type=int_at_least(0), default=4000, help="train scenes (default 4000)")
+    synth.add_argument("--val", type=int_at_least(0), default=300, help="val scenes (default 300)")
+    synth.add_argument("--test", type=int_at_least(0), default=300, help="test scenes (default 300)")
+    synth.add_argument("--size", type=int_at_least(32), default=64, help="canvas side in pixels (default 64)")
     synth.set_defaults(handler=_synth_data)
 
 
@@ -173,7 +177,9 @@ def _add_preference_data_parsers(sub) -> None:
     inst.add_argument("--out", required=True, type=Path, help="output instruction JSONL (written atomically)")
     inst.add_argument("--frame", default="padded", choices=("padded", "original"), help="box frame (default padded)")
     inst.add_argument("--split", default="train", help="split to read (default train)")
-    inst.add_argument("--total", type=int, default=0, help="seeded equal-share subsample of this size (0 = all)")
+    inst.add_argument(
+        "--total", type=int_at_least(0), default=0, help="seeded equal-share subsample of this size (0 = all)"
+    )
     inst.add_argument("--seed", type=int, default=0, help="subsample seed (default 0)")
     inst.add_argument("--data", type=Path, help="synth: the benchmark folder from `perpo data synth`")
     inst.add_argument("--refer_root", type=Path, help="refcoco: folder with refcoco/, refcoco+/, refcocog/")
@@ -329,8 +335,9 @@ def _export(argv: list[str]) -> int:
     parser.add_argument("adapter", type=Path, help="training output folder (adapter_config.json inside)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
     parser.add_argument("--base", default=None, help="base model (default: the one recorded in the adapter)")
-    parser.add_argument("--merge", action="store_true", help="merge the adapter into the weights (export always does)")
-    parser.add_argument("--dtype", default="float32", help="saved dtype: float32, bfloat16, float16")
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="saved dtype (default float32)"
+    )
     args = parser.parse_args(argv)
     from perpo.modeling import export_merged
 

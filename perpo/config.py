@@ -7,23 +7,59 @@ start-up instead of being ignored.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import json
+import math
+import operator
 import platform
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+BOUNDS = {"gt": (operator.gt, ">"), "ge": (operator.ge, ">="), "lt": (operator.lt, "<"), "le": (operator.le, "<=")}
+
+
+_FIELD_BOUNDS: dict[dataclasses.Field, dict[str, float]] = {}  # not in `metadata`: argparse gets all of that
+
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
-    """A dataclass field with `--help` text (`default=MISSING` makes the option required)."""
+    """A dataclass field with `--help` text (`default=MISSING` makes the option required).
+
+    Numeric options declare their range with `gt`, `ge`, `lt`, `le` (as in `opt(0.1, gt=0)`); `check_numbers`
+    enforces it, and every numeric option must be finite.
+    """
+    bounds = {key: kwargs.pop(key) for key in BOUNDS if key in kwargs}
     if isinstance(default, (list, dict, set)):
         value = default
-        return dataclasses.field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        kwargs["default_factory"] = lambda: type(value)(value)
+    else:
+        kwargs["default"] = default
+    field = dataclasses.field(metadata={"help": help}, **kwargs)
+    if bounds:
+        _FIELD_BOUNDS[field] = bounds
+    return field
+
+
+def check_numbers(config: Any) -> None:
+    """Raise ConfigError unless every int/float field of a dataclass is finite and inside its declared range.
+
+    Called first in each command config's `__post_init__`, so NaN or inf from a flag or a YAML file fails at
+    parse time with the option's name, instead of training to NaN.
+    """
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        bounds = list(_FIELD_BOUNDS.get(field, {}).items())
+        if math.isfinite(value) and all(BOUNDS[key][0](value, bound) for key, bound in bounds):
+            continue
+        wanted = " and ".join(f"{BOUNDS[key][1]} {bound:g}" for key, bound in bounds)
+        wanted = " ".join(["a finite number"] * isinstance(value, float) + [wanted] * bool(wanted))
+        raise ConfigError(f"--{field.name} must be {wanted}, got {value!r}")
 
 
 class ConfigError(ValueError):
@@ -60,11 +96,41 @@ def check_keys(keys: Sequence[str], valid: Sequence[str], source: str) -> None:
     raise ConfigError(f"{source}: unknown option(s) {', '.join(hints)}. Valid options: {', '.join(sorted(valid))}")
 
 
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse `type`: an integer >= low, else a usage error naming the bound."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show an option's default once: not when its help already names one, nor for None or a `--no_x` flag."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is None or any(s.startswith("--no_") for s in action.option_strings):
+            return text
+        return super()._get_help_string(action)
+
+
 def parse_command(dataclass_types: Sequence[type], argv: Sequence[str], prog: str, description: str) -> tuple:
     """Parse `[CONFIG.yaml] [--flag value ...]` into instances of `dataclass_types`."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(list(dataclass_types), prog=prog, description=description)
+    parser = HfArgumentParser(list(dataclass_types), prog=prog, description=description, formatter_class=HelpFormatter)
+    for action in parser._actions:  # HfArgumentParser gives `--no_x` the help of `--x`
+        negative = next((s for s in action.option_strings if s.startswith("--no_")), None)
+        if negative:
+            action.help = f"turn --{negative[len('--no_') :]} off"
     argv = list(argv)
     if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):
         path, argv = argv[0], argv[1:]
@@ -106,10 +172,15 @@ def run_metadata() -> dict[str, Any]:
     }
 
 
-def save_resolved(out_dir: str | Path, name: str, *configs: Any) -> Path:
-    """Write the resolved config(s) plus run metadata to `<out_dir>/<name>.json` (atomically)."""
+def jsonable(value: Any) -> Any:
+    """`value` as it reads back from JSON (enums and paths as strings), so stored and live configs compare equal."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def save_resolved(out_dir: str | Path, name: str, *configs: Any, extra: dict | None = None) -> Path:
+    """Write the resolved config(s), `extra` and run metadata to `<out_dir>/<name>.json` (atomically)."""
     from perpo.io import write_json
 
-    payload = {type(c).__name__: dataclasses.asdict(c) for c in configs}
+    payload = {type(c).__name__: dataclasses.asdict(c) for c in configs} | (extra or {})
     payload["meta"] = run_metadata()
     return write_json(Path(out_dir) / f"{name}.json", json.loads(json.dumps(payload, default=str)))

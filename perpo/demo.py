@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from perpo.config import ConfigError, opt, save_resolved
+from perpo.config import ConfigError, check_numbers, opt, save_resolved
 
 logger = logging.getLogger(__name__)
 
@@ -44,47 +44,46 @@ class DemoConfig:
     )
     quick: bool = opt(False, help="a minute-scale smoke run of every stage (tiny splits, few lists, one epoch)")
     base_model: str = opt(str(ASSET), help="warmed-up base model folder")
-    warmup_steps: int = opt(0, help="if > 0, warm up a fresh tiny LLaVA for this many steps instead")
-    instructions: int = opt(1000, help="train-split instructions to sample for")
-    n: int = opt(20, help="responses sampled per instruction (paper: 20)")
-    temperature: float = opt(0.5, help="sampling temperature (paper: 0.5)")
-    margin: float = opt(0.8, help="keep lists whose IoU margin max - min reaches this (paper: 0.8)")
+    warmup_steps: int = opt(0, ge=0, help="if > 0, warm up a fresh tiny LLaVA for this many steps instead")
+    instructions: int = opt(1000, ge=1, help="train-split instructions to sample for")
+    n: int = opt(20, ge=2, help="responses sampled per instruction (paper: 20)")
+    temperature: float = opt(0.5, ge=0, help="sampling temperature (paper: 0.5)")
+    margin: float = opt(0.8, ge=0, le=1, help="keep lists whose IoU margin max - min reaches this (paper: 0.8)")
     methods: list[str] = opt(list(METHODS), help="training methods compared with the base")
-    epochs: float = opt(3.0, help="training epochs over the kept lists (the same budget for every method)")
-    batch_size: int = opt(8, help="lists per optimizer step")
+    epochs: float = opt(3.0, gt=0, help="training epochs over the kept lists (the same budget for every method)")
+    batch_size: int = opt(8, ge=1, help="lists per optimizer step")
     # Learning rates and β: the best of six val-split trials per method (scripts/demo_search.py; README).
-    lr_sft: float = opt(3e-4, help="learning rate of SFT")
-    lr_dpo: float = opt(1e-4, help="learning rate of DPO")
-    lr_lipo: float = opt(1e-4, help="learning rate of LiPO-λ")
-    lr_perpo: float = opt(1e-4, help="learning rate of PerPO")
-    lr_listwise: float = opt(1e-4, help="learning rate of uniform listwise (when in --methods; not searched)")
-    beta_dpo: float = opt(0.5, help="β of DPO (paper: 0.1 for every preference loss)")
-    beta_lipo: float = opt(0.5, help="β of LiPO-λ")
-    beta_perpo: float = opt(0.5, help="β of PerPO")
-    beta_listwise: float = opt(0.1, help="β of uniform listwise (not searched)")
-    gamma: float = opt(0.5, help="γ of PerPO (paper: 0.5)")
-    lora_r: int = opt(32, help="LoRA rank (the tiny LM has width 192)")
-    lora_alpha: int = opt(64, help="LoRA alpha")
+    lr_sft: float = opt(3e-4, gt=0, help="learning rate of SFT")
+    lr_dpo: float = opt(1e-4, gt=0, help="learning rate of DPO")
+    lr_lipo: float = opt(1e-4, gt=0, help="learning rate of LiPO-λ")
+    lr_perpo: float = opt(1e-4, gt=0, help="learning rate of PerPO")
+    lr_listwise: float = opt(1e-4, gt=0, help="learning rate of uniform listwise (when in --methods; not searched)")
+    beta_dpo: float = opt(0.5, gt=0, help="β of DPO (paper: 0.1 for every preference loss)")
+    beta_lipo: float = opt(0.5, gt=0, help="β of LiPO-λ")
+    beta_perpo: float = opt(0.5, gt=0, help="β of PerPO")
+    beta_listwise: float = opt(0.1, gt=0, help="β of uniform listwise (not searched)")
+    gamma: float = opt(0.5, ge=0, help="γ of PerPO (paper: 0.5)")
+    lora_r: int = opt(32, ge=1, help="LoRA rank (the tiny LM has width 192)")
+    lora_alpha: int = opt(64, ge=1, help="LoRA alpha")
     heldout: int = opt(
         200,
+        ge=0,
         help="after training, score greedy AP@50 on this many val expressions (held out) and on as many training "
         "lists' own instructions, so over-fitting shows in the summary (0: off)",
     )
     threads: int = opt(
         0,
+        ge=0,
         help="torch CPU threads of the stages that run alone (sampling, training); the evaluation runs two "
         "lmms-eval processes side by side with half as many each. 0: OMP_NUM_THREADS when set, else every core "
         "this process may use",
     )
 
     def __post_init__(self):
+        check_numbers(self)
         unknown = [m for m in self.methods if m not in (*METHODS, "listwise")]
         if unknown:
             raise ConfigError(f"unknown method(s) {unknown}; choose from {', '.join((*METHODS, 'listwise'))}")
-        if self.warmup_steps < 0 or self.instructions < 1 or self.n < 2:
-            raise ConfigError("need warmup_steps >= 0, instructions >= 1 and n >= 2")
-        if self.heldout < 0:
-            raise ConfigError(f"--heldout must be >= 0 (0 turns the held-out scoring off), got {self.heldout}")
         if self.quick:
             self.instructions, self.n, self.epochs = min(self.instructions, 24), min(self.n, 6), 1.0
 
@@ -263,6 +262,7 @@ def train_method(
         data_seed=cfg.seed,
     )
     settings = f"lr {lr:g}" + ("" if method == "sft" else f", β {beta:g}")
+    shutil.rmtree(out, ignore_errors=True)  # the demo trains afresh (a rerun in a used folder would be refused)
     return run_train(args, training, callbacks=[TrainLog(Path(out) / "train_log.jsonl", f"{method} ({settings})")])
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from perpo.config import ConfigError, opt, save_resolved
+from perpo.config import ConfigError, check_numbers, opt, save_resolved
 from perpo.io import atomic_dir, write_json
 
 logger = logging.getLogger(__name__)
@@ -57,34 +57,29 @@ class EvalConfig:
     model_wrapper: str = opt("perpo_llava", help="lmms-eval model: perpo_llava (batched, LoRA) or llava_hf (stock)")
     adapter: str | None = opt(None, help="peft LoRA adapter folder applied on top of the model (perpo_llava only)")
     merge_adapter: bool = opt(False, help="merge the adapter into the weights after loading (perpo_llava)")
-    num_samples: int | None = opt(None, help="override every task's repeats (lmms-eval --num_samples)")
-    temperature: float | None = opt(None, help="override every task's sampling temperature")
-    max_new_tokens: int | None = opt(None, help="override every task's max_new_tokens")
+    num_samples: int | None = opt(None, ge=1, help="override every task's repeats (lmms-eval --num_samples)")
+    temperature: float | None = opt(None, ge=0, help="override every task's sampling temperature")
+    max_new_tokens: int | None = opt(None, ge=1, help="override every task's max_new_tokens")
     seed: int = opt(0, help="seed of the per-sample random streams (perpo_llava) and of lmms-eval's --seed")
-    batch_size: int = opt(16, help="sequences per generate call (perpo_llava; llava_hf always runs 1)")
-    limit: float | None = opt(None, help="only the first N documents of each task (or a fraction < 1): testing only")
+    batch_size: int = opt(16, ge=1, help="sequences per generate call (perpo_llava; llava_hf always runs 1)")
+    limit: float | None = opt(
+        None, gt=0, help="only the first N documents of each task (or a fraction < 1): testing only"
+    )
     device: str = opt("auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     dtype: str | None = opt(None, help="float32, bfloat16, float16 or auto; default float32 on CPU, bfloat16 on GPU")
     synth_dir: str | None = opt(None, help="PERPO_SYNTH_DIR for the perpo_synth tasks (`perpo data synth`)")
     refcoco_dir: str | None = opt(None, help="PERPO_REFCOCO_DIR for perpo_refcoco* (`perpo data refcoco`)")
     refcoco_source: str | None = opt(None, help="PERPO_REFCOCO_SOURCE: local (the folder) or hub (lmms-lab parquet)")
     fox_dir: str | None = opt(None, help="PERPO_FOX_DIR: the Fox folder (en_page_ocr.json + en_pdf_png/, cn_...)")
-    process_docs_parallel: int = opt(4, help="threads scoring documents (lmms-eval --process_docs_parallel)")
+    process_docs_parallel: int = opt(4, ge=1, help="threads scoring documents (lmms-eval --process_docs_parallel)")
     extra_args: list[str] = opt([], help="more lmms-eval CLI arguments, passed as given")
 
     def __post_init__(self):
+        check_numbers(self)
         if self.model_wrapper not in MODEL_WRAPPERS:
             raise ConfigError(f"model_wrapper must be one of {', '.join(MODEL_WRAPPERS)}, got {self.model_wrapper!r}")
         if not self.tasks or any(not t or "," in t for t in self.tasks):
             raise ConfigError(f"tasks must be a non-empty list of task names without commas, got {self.tasks!r}")
-        if self.batch_size < 1 or self.process_docs_parallel < 1:
-            raise ConfigError("batch_size and process_docs_parallel must be >= 1")
-        if self.num_samples is not None and self.num_samples < 1:
-            raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
-        if self.temperature is not None and self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
-        if self.limit is not None and self.limit <= 0:
-            raise ConfigError(f"limit must be > 0, got {self.limit}")
         if self.refcoco_source not in (None, *REFCOCO_SOURCES):
             raise ConfigError(
                 f"refcoco_source must be one of {', '.join(REFCOCO_SOURCES)}, got {self.refcoco_source!r}"

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from perpo.config import ConfigError, opt, run_metadata
+from perpo.config import ConfigError, check_numbers, opt, run_metadata
 from perpo.data.schema import RecordError, dump_record, load_records, rebase_image, resolve_image, validate_record
 from perpo.modeling import DTYPES, checkpoint_fingerprint, load_model, load_processor, resolve_device, resolve_dtype
 
@@ -57,13 +57,15 @@ class SampleConfig:
     instructions: str = opt(help="instruction JSONL (`perpo data instructions`; schema in perpo/data/schema.py)")
     out: str = opt(help="output samples JSONL: append-only; rerun the same command to resume after a stop")
     adapter: str = opt("", help="optional LoRA adapter folder (peft), merged into the model before sampling")
-    n: int = opt(8, help="responses per instruction (paper: 20)")
-    temperature: float = opt(0.5, help="sampling temperature (paper: 0.5); 0 = greedy")
-    top_p: float = opt(1.0, help="nucleus sampling mass (1.0 keeps every token)")
-    max_new_tokens: int = opt(64, help="longest response in tokens (page OCR needs thousands)")
-    batch_size: int = opt(8, help="instructions per generate call (each gives n rows); does not change the samples")
+    n: int = opt(8, ge=1, help="responses per instruction (paper: 20)")
+    temperature: float = opt(0.5, ge=0, help="sampling temperature (paper: 0.5); 0 = greedy")
+    top_p: float = opt(1.0, gt=0, le=1, help="nucleus sampling mass (1.0 keeps every token)")
+    max_new_tokens: int = opt(64, ge=1, help="longest response in tokens (page OCR needs thousands)")
+    batch_size: int = opt(
+        8, ge=1, help="instructions per generate call (each gives n rows); does not change the samples"
+    )
     seed: int = opt(0, help="sampling seed; response i of instruction `id` is keyed by (seed, id, i)")
-    limit: int = opt(0, help="sample only the first LIMIT instructions of the file (0 = all)")
+    limit: int = opt(0, ge=0, help="sample only the first LIMIT instructions of the file (0 = all)")
     image_root: str = opt("", help="folder relative image paths are read from (default: the instruction file's)")
     backend: str = opt("hf", help="generation backend: hf (transformers generate); see docs/data.md for vLLM")
     device: str = opt("auto", help="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
@@ -71,14 +73,7 @@ class SampleConfig:
     progress: bool = opt(True, help="show a progress bar over instructions")
 
     def __post_init__(self):
-        if self.n < 1:
-            raise ConfigError(f"n must be >= 1, got {self.n}")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1 or self.batch_size < 1 or self.limit < 0:
-            raise ConfigError("max_new_tokens and batch_size must be >= 1, limit >= 0")
+        check_numbers(self)
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {sorted(BACKENDS)}, got {self.backend!r} (see docs/data.md)")
         if self.dtype not in DTYPES:

@@ -14,6 +14,7 @@ The reference policy never drifts:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from perpo.config import ConfigError, opt
+from perpo.config import ConfigError, check_numbers, opt
 from perpo.data.collate import ListCollator
+from perpo.io import write_json
 from perpo.logprobs import LAYOUTS, ListBatch, ReferenceMemo, sequence_logps
 from perpo.losses import LOSS_NEEDS_REFERENCE, LOSSES
 from perpo.modeling import DEFAULT_LORA_TARGETS
@@ -36,6 +38,19 @@ from perpo.modeling import DEFAULT_LORA_TARGETS
 logger = logging.getLogger(__name__)
 
 REFERENCE_MODES = ("adapter", "copy", "precomputed")
+# TrainingArguments that change what a run computes: a rerun that resumes must not change them (see `check_rerun`).
+TRAJECTORY_ARGS = (
+    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "seed", "data_seed", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "weight_decay", "adam_beta1",
+    "adam_beta2", "adam_epsilon", "max_grad_norm", "optim", "bf16", "fp16",
+)  # fmt: skip
+# PerPOArguments that only say what is scored on the side, never what is trained.
+SIDE_ARGS = ("eval_data", "eval_image_root", "eval_limit", "eval_train_lists")
+DONE_FILE = "train_summary.json"  # written last: its presence means the output folder holds a finished run
+
+
+class TrainingDiverged(ConfigError):
+    """A non-finite loss or gradient norm: training stops before the optimizer step, nothing is saved from it."""
 
 
 @dataclass
@@ -48,13 +63,13 @@ class PerPOArguments:
         None, help="folder that relative image paths resolve against (default: data's folder)"
     )
     loss: str = opt("perpo", help=f"training objective: {', '.join(LOSSES)}")
-    beta: float = opt(0.1, help="β: scale of the log-ratio scores")
-    gamma: float = opt(0.5, help="γ: PerPO pair-weight exponent |r_i - r_j|^γ (0 = uniform listwise)")
-    n: int = opt(20, help="responses per list used for training (the first N of each list; shorter lists fail)")
+    beta: float = opt(0.1, gt=0, help="β: scale of the log-ratio scores")
+    gamma: float = opt(0.5, ge=0, help="γ: PerPO pair-weight exponent |r_i - r_j|^γ (0 = uniform listwise)")
+    n: int = opt(20, ge=1, help="responses per list used for training (the first N of each list; shorter lists fail)")
     use_lora: bool = opt(True, help="train LoRA adapters (else: full fine-tuning of the language model)")
-    lora_r: int = opt(128, help="LoRA rank")
-    lora_alpha: int = opt(256, help="LoRA alpha")
-    lora_dropout: float = opt(0.0, help="LoRA dropout (the released code zeroes all dropout)")
+    lora_r: int = opt(128, ge=1, help="LoRA rank")
+    lora_alpha: int = opt(256, ge=1, help="LoRA alpha")
+    lora_dropout: float = opt(0.0, ge=0, lt=1, help="LoRA dropout (the released code zeroes all dropout)")
     lora_targets: list[str] = opt(list(DEFAULT_LORA_TARGETS), help="language-model linear layers that get LoRA")
     train_projector: bool = opt(True, help="train the multimodal projector fully (as the released code does)")
     reference: str = opt("adapter", help=f"reference policy: {', '.join(REFERENCE_MODES)}")
@@ -64,7 +79,7 @@ class PerPOArguments:
         help=f"log-prob layout: {', '.join(LAYOUTS)} (naive = N full sequences; shared = one row per list; tree = "
         "shared with common response prefixes computed once)",
     )
-    pack: int = opt(1, help="shared/tree layout: lists packed into one row")
+    pack: int = opt(1, ge=1, help="shared/tree layout: lists packed into one row")
     cache_reference: bool = opt(
         True, help="keep each list's reference log-probs after its first pass (no reference pass in later epochs)"
     )
@@ -72,10 +87,10 @@ class PerPOArguments:
     fuse_lora: bool = opt(
         True, help="compute each LoRA update as one fused matmul-add (same numbers, less memory traffic)"
     )
-    chunk_size: int | None = opt(None, help="rows per forward chunk (recomputed in backward) for lists too big")
+    chunk_size: int | None = opt(None, ge=1, help="rows per forward chunk (recomputed in backward) for lists too big")
     dtype: str = opt("auto", help="model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
     attn_implementation: str | None = opt(None, help="attention kernel: sdpa (default), eager")
-    max_lists: int | None = opt(None, help="train on the first N lists only (smoke tests)")
+    max_lists: int | None = opt(None, ge=1, help="train on the first N lists only (smoke tests)")
     eval_data: str | None = opt(
         None,
         help="held-out grounding instructions scored with greedy AP@50 at the end of training and every "
@@ -86,12 +101,13 @@ class PerPOArguments:
     eval_image_root: str | None = opt(
         None, help="folder relative image paths of --eval_data resolve against (default: its folder)"
     )
-    eval_limit: int | None = opt(None, help="score only the first N rows of --eval_data")
+    eval_limit: int | None = opt(None, ge=1, help="score only the first N rows of --eval_data")
     eval_train_lists: int = opt(
-        0, help="also score greedy AP@50 on the instructions of the first K training lists (train_lists/*)"
+        0, ge=0, help="also score greedy AP@50 on the instructions of the first K training lists (train_lists/*)"
     )
 
     def __post_init__(self):
+        check_numbers(self)
         if self.loss not in LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.reference not in REFERENCE_MODES:
@@ -100,12 +116,8 @@ class PerPOArguments:
             raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.reference == "adapter" and not self.use_lora:
             raise ConfigError("reference=adapter needs use_lora=true; use reference=copy or precomputed instead")
-        if self.n < 1 or self.pack < 1 or self.beta <= 0 or self.gamma < 0:
-            raise ConfigError("need n >= 1, pack >= 1, beta > 0 and gamma >= 0")
         if self.loss != "sft" and self.n < 2:
             raise ConfigError(f"loss {self.loss} ranks responses: it needs n >= 2 responses per list")
-        if (self.eval_limit is not None and self.eval_limit < 1) or self.eval_train_lists < 0:
-            raise ConfigError("need eval_limit >= 1 (or unset) and eval_train_lists >= 0")
 
 
 class ListDataset(torch.utils.data.Dataset):
@@ -139,6 +151,16 @@ class PerPOTrainer(Trainer):
         self._last_log = time.perf_counter()
         # Reference log-probs by list content (never in multi-process runs: there a skipped pass could desync ranks).
         self._reference_memo = ReferenceMemo() if perpo_args.cache_reference and self.args.world_size == 1 else None
+        self.add_callback(_FiniteGradients(self))
+
+    def diverged(self, what: str) -> TrainingDiverged:
+        """The error that stops training at the current step, naming the checkpoint that is kept."""
+        last = latest_checkpoint(Path(self.args.output_dir), quiet=True)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been saved yet"
+        return TrainingDiverged(
+            f"training stopped at step {self.state.global_step + 1}: {what}. Nothing was saved from this state; "
+            f"{kept}. Lower --learning_rate or --beta, or check the rewards of the data."
+        )
 
     def train(self, *args, **kwargs):
         self._last_log = time.perf_counter()  # throughput excludes set-up time
@@ -188,6 +210,8 @@ class PerPOTrainer(Trainer):
             policy_logps, ref_logps, rewards.to(policy_logps.device), mask.to(policy_logps.device),
             lengths=lengths, beta=a.beta, gamma=a.gamma,
         )  # fmt: skip
+        if not torch.isfinite(loss.detach()):
+            raise self.diverged(f"the {a.loss} loss is {loss.item()}")
         for key, value in stats.items():
             self._stats[key].append(float(value))
         self._lists += len(batch.prompt_ids)
@@ -198,6 +222,9 @@ class PerPOTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the loss statistics (NaN-aware means since the last log), throughput and peak memory."""
+        norm = logs.get("grad_norm")  # under DeepSpeed the gradients are not ours to check: its norm is
+        if norm is not None and not math.isfinite(float(norm)):
+            raise self.diverged(f"the gradient norm is {float(norm)}")
         if "loss" in logs:
             for key, values in self._stats.items():
                 finite = [v for v in values if not math.isnan(v)]
@@ -210,6 +237,18 @@ class PerPOTrainer(Trainer):
             self._lists = self._tokens = 0
             self._last_log = time.perf_counter()
         super().log(logs, start_time)
+
+
+class _FiniteGradients(TrainerCallback):
+    """Stops training before an optimizer step on a non-finite gradient (the parameters keep their last values)."""
+
+    def __init__(self, trainer: PerPOTrainer):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in (model or self.trainer.model).parameters() if p.grad is not None]
+        if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
+            raise self.trainer.diverged("a gradient is not finite")
 
 
 def _peft_model(model):
@@ -279,8 +318,6 @@ def precompute_reference(model, collator: ListCollator, records: list[dict], arg
 
 def load_or_compute_reference(model, collator, records, args: PerPOArguments, batch_size: int) -> dict:
     """Stored reference log-probs if their key matches this model and data; computed and stored otherwise."""
-    from perpo.io import write_json
-
     key = reference_cache_key(model_fingerprint(args.model_name_or_path), args.data, args)
     default = Path(args.data).with_suffix(
         f".ref-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}.json"
@@ -305,6 +342,131 @@ def load_or_compute_reference(model, collator, records, args: PerPOArguments, ba
     return logps
 
 
+# ------------------------------------------------------------------------------------------- checks and resume
+
+
+def check_training_args(training_args: TrainingArguments) -> None:
+    """Every float option finite, and the ranges that matter: non-finite values would train to NaN silently."""
+    for field in dataclasses.fields(training_args):
+        value = getattr(training_args, field.name, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{field.name} must be a finite number, got {value!r}")
+    for name, low in (("learning_rate", 0.0), ("weight_decay", 0.0), ("max_grad_norm", 0.0), ("adam_epsilon", 0.0)):
+        if getattr(training_args, name) < low:
+            raise ConfigError(f"--{name} must be >= {low:g}, got {getattr(training_args, name)!r}")
+    if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
+        raise ConfigError(f"--num_train_epochs must be > 0, got {training_args.num_train_epochs!r}")
+
+
+def check_images(data: Path, records: list[dict], image_root: Path) -> None:
+    """Every list's image exists and opens as an image (header check), before a model is loaded.
+
+    Raises:
+        RecordError: names the data file, the line and the record id, the image path and what is wrong.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from perpo.data.schema import RecordError, record_lines, resolve_image
+
+    checked: set[Path] = set()
+    for line, record in zip(record_lines(data), records, strict=False):
+        path = resolve_image(record, image_root)
+        if path is None or path in checked:
+            continue
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, UnidentifiedImageError, SyntaxError) as err:
+            problem = "not found" if isinstance(err, FileNotFoundError) else f"does not open as an image ({err})"
+            raise RecordError(
+                f"{data}:{line}: record {record['id']!r}: image {path} {problem}. Relative paths are read from "
+                f"--image_root (here {image_root})."
+            ) from err
+        checked.add(path)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why `path` is not a complete Trainer checkpoint (None when it is): `trainer_state.json` is written last."""
+    if not path.is_dir():
+        return "not a folder"
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except FileNotFoundError:
+        return "incomplete (no trainer_state.json: killed while saving?)"
+    except (OSError, ValueError):
+        return "incomplete (trainer_state.json is torn)"
+    weights = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    if not any((path / name).is_file() for name in weights):
+        return "incomplete (no model or adapter weights)"
+    return None
+
+
+def latest_checkpoint(out: Path, quiet: bool = False) -> Path | None:
+    """The newest complete `checkpoint-N` in `out`; torn ones (a kill while saving) are skipped with a log line."""
+    found = sorted(
+        (p for p in out.glob("checkpoint-*") if p.name.removeprefix("checkpoint-").isdigit()),
+        key=lambda p: int(p.name.removeprefix("checkpoint-")),
+        reverse=True,
+    )
+    for path in found:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        if not quiet:
+            logger.warning("skipping %s: %s", path, problem)
+    return None
+
+
+def rerun_key(perpo_args: dict, training_args: dict, data_sha256: str | None) -> dict:
+    """What a resumed run must share with the run it continues (paths of side evaluations may change)."""
+    return {
+        "perpo": {k: v for k, v in perpo_args.items() if k not in SIDE_ARGS},
+        "training": {k: training_args.get(k) for k in TRAJECTORY_ARGS},
+        "data_sha256": data_sha256,
+    }
+
+
+def check_rerun(out: Path, key: dict) -> None:
+    """Refuse to continue a run in `out` that was made with other settings or data."""
+    try:
+        stored = json.loads((out / "train_config.json").read_text())
+        then = rerun_key(stored["PerPOArguments"], stored["TrainingArguments"], stored.get("data_sha256"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # nothing readable to compare with (a kill before the config was written)
+    if then == key:
+        return
+    changes = [
+        f"{name}: {then[part].get(name)!r} -> {key[part].get(name)!r}"
+        for part in ("perpo", "training")
+        for name in sorted(set(then[part]) | set(key[part]))
+        if then[part].get(name) != key[part].get(name)
+    ]
+    if then["data_sha256"] != key["data_sha256"]:
+        changes.append("the data file's content")
+    raise ConfigError(
+        f"{out} holds a run made with other settings ({'; '.join(changes)}). Resuming would mix two runs: rerun "
+        "with the original settings to resume, or pass a new --output_dir."
+    )
+
+
+def resume_point(out: Path, requested: str | None) -> Path | None:
+    """The checkpoint to resume from: PATH if given, else the newest complete one in `out` (None: start fresh).
+
+    `--resume_from_checkpoint true` asks for the newest and fails when there is none; without the flag a rerun
+    of the same command resumes by itself, as `perpo sample` and `perpo warmup` do.
+    """
+    if requested is not None and str(requested).lower() not in ("true", "1"):
+        path = Path(requested)
+        problem = checkpoint_problem(path)
+        if problem:
+            raise ConfigError(f"--resume_from_checkpoint {path}: {problem}. Pass a complete checkpoint-N folder.")
+        return path
+    found = latest_checkpoint(out) if out.is_dir() else None
+    if requested is not None and found is None:
+        raise ConfigError(f"--resume_from_checkpoint {requested}: no complete checkpoint-N in {out}")
+    return found
+
+
 # ------------------------------------------------------------------------------------------------- run
 
 
@@ -316,30 +478,45 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks:
     """
     from transformers import set_seed
 
-    from perpo.config import save_resolved
+    from perpo.config import jsonable, save_resolved
     from perpo.data.schema import load_records
     from perpo.heldout import HeldoutEvaluator
     from perpo.modeling import apply_lora, disable_dropout, frozen_copy, fuse_lora, load_model, load_processor
 
-    set_seed(training_args.seed)  # before LoRA's random init, so a run is reproducible from its seed
+    # Everything the user gave is checked before a model loads or anything is written.
+    check_training_args(training_args)
     data = Path(args.data)
     records = load_records(data, stage="train", n=args.n)  # fails at start-up on short lists or bad fields
     if args.max_lists:
         records = records[: args.max_lists]
     if not records:
         raise ConfigError(f"{data}: no training lists")
+    image_root = Path(args.image_root or data.parent)
+    check_images(data, records, image_root)
     heldout = HeldoutEvaluator.from_args(args, training_args, records)  # validates --eval_data at start-up
     out = Path(training_args.output_dir)
+    data_sha256 = hashlib.sha256(data.read_bytes()).hexdigest()
+    key = rerun_key(jsonable(dataclasses.asdict(args)), jsonable(training_args.to_dict()), data_sha256)
+    check_rerun(out, key)
+    if (out / DONE_FILE).is_file():
+        logger.info("%s already holds this finished run (%s): nothing to do", out, DONE_FILE)
+        return out
+    resume = resume_point(out, training_args.resume_from_checkpoint)
+    if resume is not None:
+        logger.info("resuming from %s", resume)
     out.mkdir(parents=True, exist_ok=True)
-    save_resolved(out, "train_config", args, training_args)
+    save_resolved(out, "train_config", args, training_args, extra={"data_sha256": data_sha256})
+
+    set_seed(training_args.seed)  # before LoRA's random init, so a run is reproducible from its seed
 
     processor = load_processor(args.model_name_or_path)
     model = load_model(args.model_name_or_path, dtype=args.dtype, attn_implementation=args.attn_implementation)
     model.train()
     disable_dropout(model)
     model.requires_grad_(False)
-    image_root = args.image_root or str(data.parent)
-    collator = ListCollator(processor, image_root, args.n, with_answers=args.loss == "sft", cache=args.cache_inputs)
+    collator = ListCollator(
+        processor, str(image_root), args.n, with_answers=args.loss == "sft", cache=args.cache_inputs
+    )
 
     ref_model = None
     if args.loss in LOSS_NEEDS_REFERENCE and args.reference == "precomputed":
@@ -382,9 +559,12 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks:
         trainer.remove_callback(ProgressCallback)
         for callback in callbacks:
             trainer.add_callback(callback)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    began = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if heldout:
         heldout.finish(trainer)
     trainer.save_model(str(out))
     processor.save_pretrained(out)
+    summary = {"global_step": result.global_step, "training_loss": result.training_loss, "resumed_from": resume}
+    write_json(out / DONE_FILE, jsonable(summary | {"seconds": time.perf_counter() - began}))
     return out

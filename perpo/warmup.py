@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from perpo.boxes import FRAMES, format_box, gt_box_in_frame
-from perpo.config import ConfigError, opt
+from perpo.config import ConfigError, check_numbers, opt
 from perpo.data.collate import load_image, sft_batch
 from perpo.io import atomic_dir, read_jsonl, write_json
 from perpo.prompts import chat_prompt, grounding_question
@@ -36,35 +36,34 @@ class WarmupConfig:
     data: str = opt(help="folder written by `perpo data synth` (reads synth_train.jsonl and synth_val.jsonl)")
     out: str = opt(help="where the warmed-up model (+ processor, warmup_log.json) is written")
     model: str | None = opt(None, help="start from this checkpoint folder; default: a fresh tiny LLaVA")
-    steps: int = opt(3000, help="optimizer steps")
-    batch_size: int = opt(48, help="expressions per step")
-    lr: float = opt(1e-3, help="peak learning rate (AdamW; linear warm-up then cosine to 5%%)")
-    weight_decay: float = opt(0.0, help="AdamW weight decay")
-    warmup_steps: int = opt(50, help="linear learning-rate warm-up steps")
+    steps: int = opt(3000, ge=1, help="optimizer steps")
+    batch_size: int = opt(48, ge=1, help="expressions per step")
+    lr: float = opt(1e-3, gt=0, help="peak learning rate (AdamW; linear warm-up then cosine to 5%%)")
+    weight_decay: float = opt(0.0, ge=0, help="AdamW weight decay")
+    warmup_steps: int = opt(50, ge=0, help="linear learning-rate warm-up steps")
     frame: str = opt("padded", help="box frame of the answers: padded (LLaVA-1.5 square) or original")
     loose_share: float = opt(
         0.0,
+        ge=0,
+        le=1,
         help="share of answers written in a loose annotation convention (each side pushed out by --loose_margin "
         "of the box size); > 0 builds a base that knows the exact box but is misaligned in what it writes "
         "(docs/miniature.md)",
     )
-    loose_margin: float = opt(0.3, help="how far a loose answer's sides move out, as a fraction of the box size")
-    eval_every: int = opt(250, help="greedy AP@50 on val every this many steps")
-    eval_size: int = opt(200, help="val expressions used by that check")
-    save_every: int = opt(250, help="resumable checkpoint every this many steps (<out>.checkpoint)")
+    loose_margin: float = opt(
+        0.3, ge=0, le=1, help="how far a loose answer's sides move out, as a fraction of the box size"
+    )
+    eval_every: int = opt(250, ge=1, help="greedy AP@50 on val every this many steps")
+    eval_size: int = opt(200, ge=1, help="val expressions used by that check")
+    save_every: int = opt(250, ge=1, help="resumable checkpoint every this many steps (<out>.checkpoint)")
     seed: int = opt(0, help="seed of the initial weights and the batch order")
-    threads: int = opt(0, help="torch CPU threads; 0 keeps torch's default")
+    threads: int = opt(0, ge=0, help="torch CPU threads; 0 keeps torch's default")
     fp16: bool = opt(False, help="store the final weights in float16 (halves the size; used for the asset)")
 
     def __post_init__(self):
+        check_numbers(self)
         if self.frame not in FRAMES:
             raise ConfigError(f"frame must be one of {FRAMES}, got {self.frame!r}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError("steps and batch_size must be >= 1")
-        if not 0.0 <= self.loose_share <= 1.0:
-            raise ConfigError(f"--loose_share must be in [0, 1], got {self.loose_share}")
-        if not 0.0 <= self.loose_margin <= 1.0:
-            raise ConfigError(f"--loose_margin must be in [0, 1], got {self.loose_margin}")
 
 
 def loosen_box(box: tuple[float, ...], margin: float) -> tuple[float, ...]:

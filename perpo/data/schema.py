@@ -149,6 +149,12 @@ def iter_records(path: str | Path, *, stage: str = "train", n: int | None = None
             yield validate_record(record, stage=stage, n=n, source=str(path), line=number)
 
 
+def record_lines(path: str | Path) -> list[int]:
+    """The line number of each record of a JSONL file (blank lines hold none), for messages about record i."""
+    with Path(path).open(encoding="utf-8") as handle:
+        return [number for number, text in enumerate(handle, start=1) if text.strip()]
+
+
 def load_records(path: str | Path, *, stage: str = "train", n: int | None = None) -> list[dict]:
     """All records of a JSONL file, validated; duplicate ids are an error."""
     records = list(iter_records(path, stage=stage, n=n))

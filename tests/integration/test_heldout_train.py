@@ -144,7 +144,7 @@ def test_bad_eval_data_fails_at_start_up_naming_the_file(tiny_llava, lists, synt
     assert main([*base, "--eval_strategy", "steps"]) == 2
     assert "--eval_strategy steps needs something to evaluate" in capsys.readouterr().err
     assert main([*base, "--eval_data", str(bad), "--eval_limit", "0"]) == 2
-    assert "eval_limit >= 1" in capsys.readouterr().err
+    assert "--eval_limit must be >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
 

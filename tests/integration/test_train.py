@@ -151,9 +151,11 @@ def test_naive_and_shared_layouts_train_identically(tiny_llava, listwise_data, t
         torch.testing.assert_close(naive[key], shared[key], rtol=1e-3, atol=1e-5)
 
 
-def test_killed_after_a_checkpoint_and_resumed_ends_with_the_same_adapter(
-    tiny_llava, listwise_data, tmp_path, add_callback
+def test_killed_after_a_checkpoint_and_rerun_resumes_to_the_same_adapter(
+    tiny_llava, listwise_data, tmp_path, add_callback, caplog
 ):
+    from perpo.config import ConfigError
+
     args = _args(tiny_llava, listwise_data)
     straight = _adapter(run_train(args, _training(tmp_path / "straight", max_steps=4)))
 
@@ -168,10 +170,37 @@ def test_killed_after_a_checkpoint_and_resumed_ends_with_the_same_adapter(
     with pytest.raises(KeyboardInterrupt):
         run_train(args, _training(out, **saving))
     assert (out / "checkpoint-2").is_dir() and not (out / "adapter_model.safetensors").exists()
+    (out / "checkpoint-3").mkdir()  # a kill while saving leaves a checkpoint without trainer_state.json
     add_callback(TrainerCallback())  # no crash this time
-    resumed = _adapter(run_train(args, _training(out, resume_from_checkpoint=str(out / "checkpoint-2"), **saving)))
+
+    with pytest.raises(ConfigError, match=r"other settings \(learning_rate: 0.005 -> 0.001\)"):
+        run_train(args, _training(out, **saving | {"learning_rate": 1e-3}))
+    resumed = _adapter(run_train(args, _training(out, **saving)))  # the same command again
+    assert "skipping " + str(out / "checkpoint-3") + ": incomplete (no trainer_state.json" in caplog.text
+    assert json.loads((out / "train_summary.json").read_text())["resumed_from"] == str(out / "checkpoint-2")
     for key in straight:
         torch.testing.assert_close(straight[key], resumed[key], rtol=1e-5, atol=1e-7)
+    before = (out / "adapter_model.safetensors").stat().st_mtime_ns
+    run_train(args, _training(out, **saving, resume_from_checkpoint="true"))  # a finished run: nothing to do
+    assert (out / "adapter_model.safetensors").stat().st_mtime_ns == before
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_llava, listwise_data, tmp_path):
+    from perpo.trainer import TrainingDiverged
+
+    out = tmp_path / "diverged"
+    with pytest.raises(TrainingDiverged, match=r"training stopped at step \d: .* is (nan|inf)") as caught:
+        run_train(
+            _args(tiny_llava, listwise_data),
+            _training(out, max_steps=6, learning_rate=1e30, save_strategy="steps", save_steps=1),
+        )
+    assert "Nothing was saved from this state; the last good checkpoint is " + str(out / "checkpoint-") in str(
+        caught.value
+    )
+    assert not (out / "adapter_model.safetensors").exists() and not (out / "train_summary.json").exists()
+    for checkpoint in out.glob("checkpoint-*"):
+        weights = load_file(str(checkpoint / "adapter_model.safetensors"))
+        assert all(torch.isfinite(v).all() for v in weights.values())
 
 
 def test_precomputed_reference_is_stored_reused_and_refused_when_stale(tiny_llava, listwise_data, tmp_path):
@@ -203,6 +232,40 @@ def test_start_up_errors_name_the_problem(tiny_llava, listwise_data, tmp_path, c
     assert "unknown option(s) 'betta' (did you mean 'beta'?)" in capsys.readouterr().err
     assert main([*base, "--data", str(listwise_data), "--loss", "ipo"]) == 2
     assert "loss must be one of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--beta", "inf"], "--beta must be a finite number > 0, got inf"),
+        (["--beta", "nan"], "--beta must be a finite number > 0, got nan"),
+        (["--gamma", "nan"], "--gamma must be a finite number >= 0, got nan"),
+        (["--beta", "0"], "--beta must be a finite number > 0, got 0.0"),
+        (["--learning_rate", "nan"], "--learning_rate must be a finite number, got nan"),
+        (["--num_train_epochs", "0"], "--num_train_epochs must be > 0, got 0.0"),
+    ],
+)
+def test_bad_numbers_fail_at_parse_time_and_write_nothing(flags, message, tiny_llava, listwise_data, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["train", "--model_name_or_path", str(tiny_llava), "--data", str(listwise_data), "--n", str(N)]
+    assert main([*argv, "--output_dir", str(out), "--use_cpu", "true", *flags]) == 2
+    assert f"perpo train: error: {message}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("image", ["/nonexistent/img8.png", "not_an_image.png"])
+def test_a_bad_image_fails_before_the_model_loads(image, tiny_llava, listwise_data, tmp_path, capsys):
+    records = read_jsonl(listwise_data)
+    records[7]["image"] = image
+    data = write_jsonl(tmp_path / "train.jsonl", records)
+    (tmp_path / "not_an_image.png").write_text("plain text")
+    out = tmp_path / "o"
+    argv = ["train", "--model_name_or_path", str(tmp_path / "no_model"), "--data", str(data), "--n", str(N)]
+    assert main([*argv, "--output_dir", str(out), "--use_cpu", "true"]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}:8: record {records[7]['id']!r}: image " in err
+    assert ("not found" if image.startswith("/") else "does not open as an image") in err
+    assert not out.exists()  # nothing written, and the (missing) model was never loaded
 
 
 def test_deepspeed_zero3_and_export_through_the_cli(tiny_llava, listwise_data, tmp_path):
@@ -237,7 +300,7 @@ def test_deepspeed_zero3_and_export_through_the_cli(tiny_llava, listwise_data, t
     weights = _adapter(out)
     assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k)
 
-    assert main(["export", str(out), "--merge", "--out", str(merged)]) == 0
+    assert main(["export", str(out), "--out", str(merged)]) == 0
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration.from_pretrained(merged)

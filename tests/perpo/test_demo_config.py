@@ -19,8 +19,9 @@ def test_each_method_gets_its_own_learning_rate_and_beta():
     ("kwargs", "message"),
     [
         ({"methods": ["sft", "ppo"]}, "unknown method.*ppo"),
-        ({"n": 1}, "n >= 2"),
-        ({"instructions": 0}, "instructions >= 1"),
+        ({"n": 1}, "--n must be >= 2, got 1"),
+        ({"lr_perpo": float("nan")}, "--lr_perpo must be a finite number > 0, got nan"),
+        ({"instructions": 0}, "--instructions must be >= 1, got 0"),
         ({"heldout": -1}, "--heldout must be >= 0"),
     ],
 )

@@ -233,8 +233,9 @@ def test_image_root_option(data, tmp_path):
     ("kwargs", "message"),
     [
         ({"n": 0}, "n must be >= 1"),
-        ({"temperature": -1.0}, "temperature must be >= 0"),
-        ({"top_p": 0.0}, "top_p must be in"),
+        ({"temperature": -1.0}, "--temperature must be a finite number >= 0, got -1.0"),
+        ({"temperature": float("nan")}, "--temperature must be a finite number >= 0, got nan"),
+        ({"top_p": 0.0}, "--top_p must be a finite number > 0 and <= 1, got 0.0"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
         ({"backend": "vllm"}, "backend must be one of \\['hf'\\]"),
         ({"dtype": "fp8"}, "dtype must be one of"),
