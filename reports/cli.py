@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from perpo.config import ConfigError, opt, parse_command
+from perpo.config import ConfigError, check_numbers, opt, parse_command
 
 
 @dataclass
@@ -20,14 +20,13 @@ class CompareConfig:
     out: str = opt(help="output folder (replaced atomically): index.md, metrics, wins/losses, gallery/")
     base_label: str = opt("base", help="name of the first run in tables and the gallery")
     after_label: str = opt("after", help="name of the second run")
-    gallery_size: int = opt(12, help="most-changed examples drawn, per kind (grounding PNGs, OCR HTML)")
+    gallery_size: int = opt(12, ge=0, help="most-changed examples drawn, per kind (grounding PNGs, OCR HTML)")
     image_roots: list[str] = opt([], help="folders searched for images whose recorded path moved")
 
     def __post_init__(self):
         if self.base_label == self.after_label:
             raise ConfigError("base_label and after_label must differ")
-        if self.gallery_size < 0:
-            raise ConfigError("gallery_size must be >= 0")
+        check_numbers(self)
 
 
 def _positional_pair(argv: list[str]) -> list[str]:
@@ -88,8 +87,9 @@ def report_command(argv: Sequence[str], prog: str = "perpo report") -> int:
         prog=prog,
         description="Build paper-style tables (Markdown, LaTeX, CSV; best bold, second underlined), the paper's "
         "own tables beside yours, figures (best-of-N, with/without image, N/γ/margin sweeps) and a before/after "
-        "comparison from lmms-eval result folders, as a report config YAML names them (see reports/configs/). "
-        "Everything goes into one folder with an index.md.",
+        "comparison from lmms-eval result folders. Usage: perpo report --runs RUN [RUN ...] --out DIR [--flag "
+        "value ...], or perpo report CONFIG.yaml [--flag value ...] (see reports/configs/). Everything goes into one "
+        "folder with an index.md.",
     )
     index = run_report(cfg)
     print(f"report: {index}")

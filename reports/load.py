@@ -21,9 +21,10 @@ Metadata per run, from contents only:
   document (`metadata.samples` / `repeats`), documents scored (`record,none` or `n-samples`), dataset and split
   (the first logged record of the samples file, else the task config).
 
-Anything a table, figure or comparison cannot use is reported as a `Problem` (unknown metric, non-numeric value,
-missing samples file or training record), never silently dropped. `RunSpec` lets a report config name a run's
-label and method, or fill metadata its files do not hold.
+Anything a table, figure or comparison cannot use is reported as a `Problem` (unknown metric, non-numeric, NaN or
+infinite value, missing samples file or training record), never silently dropped; a results, samples or metadata
+file that is not valid JSON of the expected shape is a `ConfigError` naming it. `RunSpec` lets a report config
+name a run's label and method, or fill metadata its files do not hold.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,8 @@ class Problem:
     """Something a report could not use, kept for the report's "problems" section.
 
     Attributes:
-        run: Run label. kind: `unknown_metric`, `non_numeric`, `missing_metric`, `missing_file`, `metadata`.
+        run: Run label. kind: `unknown_metric`, `non_numeric`, `non_finite` (NaN or ±inf), `missing_metric`,
+            `missing_file`, `metadata`.
         task, metric: Where (empty when not about one metric). detail: A sentence for the user.
     """
 
@@ -152,20 +154,11 @@ class Run:
     def samples(self, task: str) -> list[dict]:
         """The logged samples of `task` (one dict per document), or [] if the run has no samples file for it."""
         path = self.samples_files.get(task)
-        if path is None:
-            return []
-        with path.open(encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+        return [] if path is None else list(read_jsonl(path))
 
     def first_sample(self, task: str) -> dict | None:
         path = self.samples_files.get(task)
-        if path is None:
-            return None
-        with path.open(encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    return json.loads(line)
-        return None
+        return None if path is None else next(read_jsonl(path), None)
 
 
 @dataclass
@@ -235,10 +228,71 @@ def _perpo_eval_run(folder: Path) -> tuple[Path, Path, dict[str, Path]]:
 # ---------------------------------------------------------------------------------------------- metadata
 
 
+JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else JSON_KINDS.get(type(value), "an object")
+
+
+def _parse_json(text: str, where: str, line: int | None = None) -> Any:
+    """`text` parsed, or ConfigError naming `where` (a file, or with `line` a JSONL line of it)."""
+    if not text.strip():
+        raise ConfigError(f"{where}: empty (the run that wrote it was interrupted? run it again)")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        if line is not None:
+            raise ConfigError(f"{where}:{line}: not valid JSON (truncated?): {err.msg}") from err
+        raise ConfigError(f"{where}: not valid JSON (truncated?) at line {err.lineno}: {err.msg}") from err
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """An lmms-eval results file: an object whose `results` (and `groups`, if any) map task → {metric: value}.
+
+    Raises:
+        ConfigError: empty, truncated or otherwise invalid JSON, or another shape (names the file and the fault).
+    """
+    data = _parse_json(path.read_text(encoding="utf-8"), str(path))
+    shape = "an object with a 'results' mapping of task: {metric: value}"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected {shape}, got {_kind(data)}")
+    if "results" not in data:
+        raise ConfigError(f"{path}: expected {shape}; it has no 'results' key")
+    for key in ("results", "groups"):
+        tasks = data.get(key, {})
+        if not isinstance(tasks, dict):
+            raise ConfigError(f"{path}: expected {shape}; '{key}' is {_kind(tasks)}")
+        for task, values in tasks.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: {key}[{task!r}] is {_kind(values)}, expected a mapping of metric: value")
+    return data
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    """The objects of a JSONL file (blank lines skipped).
+
+    Raises:
+        ConfigError: a line that is not a JSON object (names the file and line).
+    """
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            row = _parse_json(line, str(path), number)
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path}:{number}: expected a JSON object, got {_kind(row)}")
+            yield row
+
+
 def _read_json(path: Path) -> dict | None:
+    """A metadata file's object, or None when the file is absent."""
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    data = _parse_json(path.read_text(encoding="utf-8"), str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {_kind(data)}")
+    return data
 
 
 def parse_model_args(model_args: str | dict | None) -> dict[str, str]:
@@ -419,6 +473,9 @@ def tidy_rows(run: Run, problems: list[Problem]) -> list[dict[str, Any]]:
             number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
             if number is None:
                 problems.append(Problem(run.label, "non_numeric", task, metric, f"value {value!r} is not a number"))
+            elif not math.isfinite(number):
+                problems.append(Problem(run.label, "non_finite", task, metric, f"value {value!r} is not finite"))
+                number = None
             elif metric_info(metric) is None:
                 problems.append(Problem(run.label, "unknown_metric", task, metric, "not in reports/tables.yaml"))
             stderr = values.get(f"{metric}_stderr,{filt}")
@@ -513,7 +570,8 @@ def load_results(specs: Sequence[RunSpec | str | Path]) -> ResultSet:
 
     Raises:
         FileNotFoundError: If a location holds no results file.
-        ConfigError: If two runs are given the same explicit label.
+        ConfigError: If two runs are given the same explicit label, or a results or metadata file is not valid
+            JSON of the expected shape (the message names the file).
     """
     runs: list[Run] = []
     explicit: list[bool] = []
@@ -522,7 +580,7 @@ def load_results(specs: Sequence[RunSpec | str | Path]) -> ResultSet:
     for spec in specs:
         spec = spec if isinstance(spec, RunSpec) else RunSpec(path=str(spec))
         for folder, results_file, samples in discover(spec.path):
-            results = json.loads(results_file.read_text(encoding="utf-8"))
+            results = read_results(results_file)
             meta, notes = run_metadata(folder, results)
             if spec.method:
                 meta["method"] = spec.method

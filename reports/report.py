@@ -1,7 +1,8 @@
-"""`perpo report CONFIG.yaml`: tables, figures, the paper's numbers and a before/after comparison in one folder.
+"""`perpo report`: tables, figures, the paper's numbers and a before/after comparison in one folder.
 
 The config (`ReportConfig`, parsed like every perpo command: YAML first, then `--flag value`) names the runs and
-what to build; everything lands in `out`, replaced atomically:
+what to build; flags alone are enough (`perpo report --runs path=A,label=base path=B,label=PerPO --compare
+base=base,after=PerPO --out DIR`). Everything lands in `out`, replaced atomically:
 
     out/
       index.md                 links (and inlines) every table, figure and the comparison; lists problems
@@ -15,12 +16,13 @@ what to build; everything lands in `out`, replaced atomically:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from perpo.config import ConfigError, check_keys, opt
+from perpo.config import ConfigError, check_keys, check_numbers, opt
 from perpo.io import atomic_dir
 from reports import figures as figs
 from reports.compare import compare_runs, problems_markdown, runs_frame, write_comparison
@@ -40,45 +42,98 @@ logger = logging.getLogger(__name__)
 
 FIGURES = ("best_of_n", "image_ablation", "n_sweep", "gamma_sweep", "margin_sweep")
 RUN_KEYS = ("path", "label", "method", "model_label", "meta")
+TEXT_RUN_KEYS = ("path", "label", "method", "model_label")
+"""Keys a run given as text (`path=...,label=...`) may set; `meta` is a mapping, so YAML only."""
+
+
+def parse_pairs(text: str, valid: tuple[str, ...], source: str) -> dict[str, str]:
+    """`key=value,key=value` (a mapping written on the command line) as a dict.
+
+    Raises:
+        ConfigError: a part without `=` or with an empty key or value, or a key not in `valid` (names `source`).
+    """
+    pairs = {}
+    for part in text.split(","):
+        key, sep, value = (s.strip() for s in part.partition("="))
+        if not (sep and key and value):
+            raise ConfigError(
+                f"{source}: expected {','.join(f'{k}=...' for k in valid)}, got {text!r} ({part!r} is not key=value)"
+            )
+        pairs[key] = value
+    check_keys(list(pairs), valid, source)
+    return pairs
+
+
+def parse_run(text: str, source: str) -> dict[str, str]:
+    """One run as text: `PATH`, or `path=PATH,label=NAME,...` when any part starts with a key of `TEXT_RUN_KEYS`.
+
+    Raises:
+        ConfigError: key=value text that is malformed, has an unknown key or no `path`.
+    """
+    if not any(part.partition("=")[0].strip() in TEXT_RUN_KEYS and "=" in part for part in text.split(",")):
+        return {"path": text}
+    entry = parse_pairs(text, TEXT_RUN_KEYS, source)
+    if "path" not in entry:
+        raise ConfigError(f"{source}: {text!r} has no path=PATH")
+    return entry
 
 
 @dataclass
 class ReportConfig:
-    """Arguments of `perpo report` (a YAML file; flags override its scalar keys)."""
+    """Arguments of `perpo report` (flags alone, or a YAML file whose scalar keys flags override).
+
+    `runs` and `compare` are text on the command line (`parse_run`, `parse_pairs`) and may be mappings in YAML;
+    `__post_init__` turns them into `run_specs` (`RunSpec`s) and `compare` into `{"base": ..., "after": ...}`.
+    """
 
     out: str = opt(help="output folder (replaced atomically); index.md links everything")
-    runs: list[dict] = opt([], help="runs: [{path, label, method, model_label, meta}] (YAML); path alone is enough")
+    runs: list[str] = dataclasses.field(
+        default_factory=list,
+        metadata={
+            "action": "extend",
+            "metavar": "RUN",
+            "help": "result locations (perpo eval folder, lmms-eval output folder or *_results.json), each a PATH "
+            "or path=PATH,label=NAME,method=NAME,model_label=NAME (no commas inside values); repeatable (--runs A B "
+            "--runs C), adding to a config file's runs. In YAML: a list of PATHs or of {path, label, method, "
+            "model_label, meta}",
+        },
+    )
     title: str = opt("PerPO report", help="heading of index.md")
     tables: list[str] | None = opt(None, help="tables to build (names in tables.yaml); default: all with data")
     paper_tables: bool = opt(True, help="also rebuild the paper's tables and put the runs beside them")
     paper_model: str = opt("LLaVA-v1.5-7B", help="the paper's base model whose rows the runs are compared with")
     figures: list[str] | None = opt(None, help=f"figures to draw ({', '.join(FIGURES)}); default: all with data")
     sweep_metrics: list[str] | None = opt(None, help="sweep panels as task:metric (default: greedy image tasks)")
-    compare: dict | None = opt(None, help="{base: LABEL, after: LABEL}: a before/after comparison of two runs")
-    gallery_size: int = opt(12, help="most-changed examples in the comparison's gallery, per kind")
+    compare: str | None = opt(
+        None, help="a before/after comparison of two runs: base=LABEL,after=LABEL (YAML: {base: LABEL, after: LABEL})"
+    )
+    gallery_size: int = opt(12, ge=0, help="most-changed examples in the comparison's gallery, per kind")
     image_roots: list[str] = opt([], help="folders searched for images whose recorded path moved")
     tables_yaml: str | None = opt(None, help="table spec file (default: reports/tables.yaml)")
 
     def __post_init__(self):
+        check_numbers(self)
         if not self.runs:
-            raise ConfigError("runs: name at least one result folder ({path: ...})")
+            raise ConfigError("runs: name at least one result folder (--runs PATH, or in YAML runs: [{path: ...}])")
         specs = []
         for index, entry in enumerate(self.runs):
-            entry = {"path": entry} if isinstance(entry, str) else entry
+            entry = parse_run(entry, f"runs[{index}]") if isinstance(entry, str) else entry
             if not isinstance(entry, dict) or "path" not in entry:
-                raise ConfigError(f"runs[{index}]: expected {{path: ..., label: ...}}, got {entry!r}")
+                raise ConfigError(f"runs[{index}]: expected PATH or {{path: ..., label: ...}}, got {entry!r}")
             check_keys(list(entry), RUN_KEYS, f"runs[{index}]")
             specs.append(RunSpec(**entry))
         self.run_specs = specs
         unknown = [f for f in self.figures or [] if f not in FIGURES]
         if unknown:
             raise ConfigError(f"unknown figure(s) {unknown}; valid: {', '.join(FIGURES)}")
+        if isinstance(self.compare, str):
+            self.compare = parse_pairs(self.compare, ("base", "after"), "compare")
         if self.compare is not None:
+            if not isinstance(self.compare, dict):
+                raise ConfigError(f"compare: expected base=LABEL,after=LABEL, got {self.compare!r}")
             check_keys(list(self.compare), ("base", "after"), "compare")
             if set(self.compare) != {"base", "after"}:
                 raise ConfigError("compare: needs both base and after (run labels)")
-        if self.gallery_size < 0:
-            raise ConfigError("gallery_size must be >= 0")
         for item in self.sweep_metrics or []:
             if item.count(":") != 1:
                 raise ConfigError(f"sweep_metrics: expected task:metric, got {item!r}")

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from perpo.config import ConfigError, opt
+from perpo.config import ConfigError, check_numbers, opt
 from perpo.data.schema import RecordError, dump_record, load_records, rebase_image, resolve_image
 from perpo.data.sources import equal_share_sample
 from perpo.rewards import DEFAULT_MARGINS, get_reward, list_margin, passes_margin
@@ -51,6 +51,10 @@ HIT_THRESHOLD = 0.5
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
+class RewardError(RecordError):
+    """A reward raised on a record, or returned a value that is not a finite number; names file, line and id."""
+
+
 @dataclass
 class BuildDataConfig:
     """Arguments of `perpo build-data`."""
@@ -61,20 +65,17 @@ class BuildDataConfig:
     margin: float | None = opt(
         None, help="data margin m: keep a list when max - min reward >= m; default by reward (iou 0.8, ocr 0.04)"
     )
-    target_count: int = opt(0, help="keep at most this many lists: seeded subsample, equal share per dataset; 0 = all")
+    target_count: int = opt(
+        0, ge=0, help="keep at most this many lists: seeded subsample, equal share per dataset; 0 = all"
+    )
     seed: int = opt(0, help="seed of the target-count subsample")
-    n: int = opt(0, help="use only the first n responses of each list (0 = all); lists with fewer are an error")
+    n: int = opt(0, ge=0, help="use only the first n responses of each list (0 = all); lists with fewer are an error")
     image_root: str = opt("", help="folder relative image paths of the samples are read from (default: its folder)")
     check_images: bool = opt(True, help="fail when the image of a kept list is missing")
-    bins: int = opt(20, help="histogram bins")
+    bins: int = opt(20, ge=1, help="histogram bins")
 
     def __post_init__(self):
-        if self.margin is not None and not math.isfinite(self.margin):
-            raise ConfigError(f"margin must be a finite number, got {self.margin}")
-        if self.target_count < 0 or self.n < 0:
-            raise ConfigError("target_count and n must be >= 0")
-        if self.bins < 1:
-            raise ConfigError(f"bins must be >= 1, got {self.bins}")
+        check_numbers(self)
 
 
 def is_parse_failure(task: str, response: str) -> bool:
@@ -90,16 +91,24 @@ def score_records(records: Sequence[dict], reward: str, source: str = "records")
     """Rewards of every response of every record with the reward named `reward`.
 
     Raises:
-        RecordError: the reward returned something that is not a finite number (names the line and the record).
+        RewardError: the reward raised, or returned something that is not a finite number (names the line and the
+            record; a raised exception is chained, and logged with its traceback at DEBUG level: `perpo -v`).
     """
     fn = get_reward(reward)
     scored = []
     for number, record in enumerate(records, start=1):
         rewards = []
         for index, response in enumerate(record["responses"]):
-            value = fn(response, record["target"])
+            try:
+                value = fn(response, record["target"])
+            except Exception as err:
+                logger.debug("reward %r on %s:%d", reward, source, number, exc_info=True)
+                raise RewardError(
+                    f"{source}:{number}: reward {reward!r} raised {type(err).__name__}: {err} on response {index} "
+                    f"of {record['id']!r} (perpo -v shows the traceback)"
+                ) from err
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise RecordError(
+                raise RewardError(
                     f"{source}:{number}: reward {reward!r} gave {value!r} for response {index} of "
                     f"{record['id']!r}; a reward must return a finite number"
                 )
@@ -255,7 +264,8 @@ def run_build_data(cfg: BuildDataConfig) -> dict[str, Any]:
     """Score, filter and write the listwise training data; returns the statistics (also in `stats.json`).
 
     Raises:
-        RecordError: a bad samples line (names file, line and field), mixed tasks, or a bad reward value.
+        RecordError: a bad samples line (names file, line and field), or mixed tasks.
+        RewardError: the reward raised, or gave a value that is not a finite number (names file, line and id).
         ConfigError: an unknown reward, or a user reward without `--margin`.
         FileNotFoundError: the samples file, or the image of a kept list, is missing.
     """

@@ -56,13 +56,23 @@ def load_refs(path: str | Path) -> list[dict]:
 
     Raises:
         UnsafePickleError: the pickle references any global (class, function), e.g. a crafted payload.
-        ValueError: the content is not a list of ref dicts.
+        ConfigError: the file is empty, truncated or corrupt, or holds something other than a list of ref dicts.
     """
     path = Path(path)
+    fix = (
+        "re-download the refs file from its official source (or re-extract it from its archive; for the synthetic "
+        "benchmark, re-run `perpo data synth`)"
+    )
     with path.open("rb") as handle:
-        refs = _PlainDataUnpickler(io.BufferedReader(handle), str(path)).load()
+        try:
+            refs = _PlainDataUnpickler(io.BufferedReader(handle), str(path)).load()
+        except UnsafePickleError:
+            raise
+        except Exception as err:  # a damaged pickle raises EOFError, UnpicklingError, ValueError, KeyError, ...
+            state = "empty" if path.stat().st_size == 0 else f"truncated or corrupt ({type(err).__name__}: {err})"
+            raise ConfigError(f"{path}: refs pickle is {state}; {fix}") from err
     if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
-        raise ValueError(f"{path}: expected a list of ref dicts, got {type(refs).__name__}")
+        raise ConfigError(f"{path}: expected a list of ref dicts, got {type(refs).__name__}; {fix}")
     return refs
 
 

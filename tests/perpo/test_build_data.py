@@ -9,7 +9,7 @@ import pytest
 
 from perpo.cli import main
 from perpo.config import ConfigError
-from perpo.data.build import BuildDataConfig, best_of_n, run_build_data
+from perpo.data.build import BuildDataConfig, RewardError, best_of_n, run_build_data
 from perpo.data.schema import RecordError, dump_record, load_records, resolve_image
 
 TARGET = [0.2, 0.2, 0.6, 0.6]
@@ -186,6 +186,24 @@ def test_custom_reward_by_dotted_path(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="unknown reward 'nope'"):
         build(samples, tmp_path / "bad", reward="nope")
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_reward_that_raises_names_the_file_line_and_record(tmp_path, monkeypatch, capsys):
+    (tmp_path / "raising_rewards.py").write_text(
+        "def picky(response, target):\n    if 'x' in response:\n        raise KeyError('box')\n    return 1.0\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    samples = write_samples(tmp_path / "s", [grounding("a", [FULL, MISS]), grounding("b", [FULL, "x"])])
+    with pytest.raises(RewardError) as err:
+        build(samples, tmp_path / "out", reward="raising_rewards:picky", margin=0.5)
+    assert isinstance(err.value.__cause__, KeyError)
+    argv = ["build-data", "--samples", str(samples), "--out", str(tmp_path / "out"), "--margin", "0.5"]
+    assert main([*argv, "--reward", "raising_rewards:picky"]) == 2
+    assert capsys.readouterr().err == (
+        f"perpo build-data: error: {samples}:2: reward 'raising_rewards:picky' raised KeyError: 'box' on response 1 "
+        "of 'b' (perpo -v shows the traceback)\n"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_input_leaves_no_output(tmp_path):

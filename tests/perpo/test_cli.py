@@ -54,3 +54,55 @@ def test_the_deepspeed_launchers_leading_local_rank_reaches_the_command(monkeypa
     monkeypatch.setitem(COMMANDS, "train", dataclasses.replace(COMMANDS["train"], run=fake_train))
     assert main(["--local_rank=3", "train", "cfg.yaml", "--beta", "0.2"]) == 0
     assert seen["argv"] == ["cfg.yaml", "--beta", "0.2", "--local_rank=3"]
+
+
+def test_help_says_each_default_once_and_what_a_negative_flag_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "--no_cache_reference, --no-cache-reference turn --cache_reference off" in out
+    assert "(default: data's folder) --loss" in out  # the help's own default, not a second "(default: None)"
+    assert "(default: None)" not in out and "(default: tree)" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["warmup", "--data", "d", "--out", "o", "--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+        (["warmup", "--data", "d", "--out", "o", "--loose_share", "1.5"], "--loose_share must be a finite number"),
+        (["sample", "--model", "m", "--instructions", "i", "--out", "o", "--top_p", "inf"], "--top_p must be"),
+        (["demo", "--epochs", "-1"], "--epochs must be a finite number > 0, got -1.0"),
+        (["eval", "--model", "m", "--tasks", "t", "--output_dir", "o", "--limit", "0"], "--limit must be"),
+        (["build-data", "--samples", "s", "--out", "o", "--margin", "nan"], "--margin must be a finite number, got nan"),
+        (["compare", "a", "b", "--out", "o", "--gallery_size", "-1"], "--gallery_size must be >= 0, got -1"),
+        (["report", "--runs", "a", "--out", "o", "--gallery_size", "-2"], "--gallery_size must be >= 0, got -2"),
+    ],
+)
+def test_numeric_options_are_checked_at_parse_time(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["data", "synth", "--out", "o", "--train", "-1"], ["tiny-model", "--out", "o", "--text-layers", "0"]],
+)
+def test_counts_below_their_bound_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and "must be >= " in capsys.readouterr().err
+
+
+def test_resume_from_checkpoint_names_what_is_wrong(tmp_path):
+    from perpo.config import ConfigError
+    from perpo.trainer import resume_point
+
+    assert resume_point(tmp_path / "fresh", None) is None  # nothing to resume: start afresh
+    with pytest.raises(ConfigError, match="--resume_from_checkpoint true: no complete checkpoint-N in"):
+        resume_point(tmp_path, "true")
+    (tmp_path / "checkpoint-5").mkdir()
+    with pytest.raises(ConfigError, match="checkpoint-5: incomplete \\(no trainer_state.json"):
+        resume_point(tmp_path, str(tmp_path / "checkpoint-5"))
+    (tmp_path / "checkpoint-5" / "trainer_state.json").write_text('{"global_st')
+    with pytest.raises(ConfigError, match="trainer_state.json is torn"):
+        resume_point(tmp_path, str(tmp_path / "checkpoint-5"))

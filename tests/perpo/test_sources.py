@@ -175,6 +175,17 @@ def test_malicious_pickle_through_the_cli_is_a_clear_error(refer_root, tmp_path,
     assert not out.exists() and not (tmp_path / "pwned").exists()
 
 
+def test_truncated_refs_pickle_through_the_cli_is_a_clear_error(refer_root, tmp_path, capsys):
+    refs = refer_root / "refcocog" / "refs(umd).p"
+    refs.write_bytes(refs.read_bytes()[:-10])
+    out = tmp_path / "inst.jsonl"
+    argv = ["data", "instructions", "--source", "refcoco", "--refer_root", str(refer_root)]
+    assert main(argv + ["--coco_images", str(refer_root / "train2014"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"perpo data: error: {refs}: refs pickle is truncated or corrupt" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_refcoco_cli_writes_an_equal_share_instruction_file(refer_root, tmp_path, capsys):
     out = tmp_path / "inst" / "refcoco_train.jsonl"
     argv = ["data", "instructions", "--source", "refcoco", "--refer_root", str(refer_root), "--total", "9"]

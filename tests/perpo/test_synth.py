@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from perpo.config import ConfigError
 from perpo.data.refer import UnsafePickleError, load_refer_rows, load_refs, split_matches
 from perpo.data.synth import COLOURS, SynthSpec, build_synth, expressions_for, render, sample_scene
 from perpo.io import read_jsonl
@@ -105,6 +106,26 @@ def test_malicious_refs_pickle_is_refused(tmp_path):
     path.write_bytes(pickle.dumps([{"ref_id": 1, "payload": _Boom()}]))
     with pytest.raises(UnsafePickleError, match="refused to load 'posix.system'"):
         load_refs(path)
+
+
+REFS = pickle.dumps([{"ref_id": 1, "sentences": [], "split": "val"}], protocol=2)
+
+
+@pytest.mark.parametrize(
+    ("data", "state"),
+    [
+        (b"", "empty"),
+        (REFS[:-4], "truncated or corrupt (UnpicklingError: "),
+        (b"not a pickle", "truncated or corrupt"),
+    ],
+)
+def test_truncated_or_empty_refs_pickle_names_the_file_and_the_fix(tmp_path, data, state):
+    path = tmp_path / "refs(unc).p"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as err:
+        load_refs(path)
+    assert str(err.value).startswith(f"{path}: refs pickle is {state}")
+    assert "re-download the refs file" in str(err.value) and not isinstance(err.value, UnsafePickleError)
 
 
 def test_python2_style_refs_pickle_loads(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -141,6 +142,68 @@ def test_compare_errors_are_clear(tmp_path, capsys):
     assert "no lmms-eval results" in capsys.readouterr().err
     assert main(["compare", str(BASE), str(AFTER), "--out", str(tmp_path / "o"), "--after_label", "base"]) == 2
     assert not (tmp_path / "o").exists()
+
+
+TRUNCATED = json.dumps({"results": {"perpo_synth_test": {"ap50,none": 0.5}}}, indent=1)[:-9]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "results.json: empty"),
+        (TRUNCATED, "results.json: not valid JSON (truncated?) at line 4: "),
+        ("[1, 2]", "results.json: expected an object with a 'results' mapping of task: {metric: value}, got an array"),
+        ('"x"', "results.json: expected an object with a 'results' mapping of task: {metric: value}, got a string"),
+        ('{"config": {}}', "results.json: expected an object with a 'results' mapping of task: {metric: value}; it"),
+        ('{"results": 5}', "results.json: expected an object with a 'results' mapping of task: {metric: value}; 'res"),
+        ('{"results": {"t": [1]}}', "results.json: results['t'] is an array, expected a mapping of metric: value"),
+    ],
+)
+def test_a_broken_results_file_is_one_line_naming_it(tmp_path, capsys, text, message):
+    """compare and report stop before writing anything, with one line naming the file and its fault."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(text)
+    assert main(["compare", str(BASE), str(run), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"perpo compare: error: {run}/{message}" in err and err.count("\n") == 1
+    assert main(["report", "--runs", str(BASE), str(run), "--out", str(tmp_path / "o")]) == 2
+    assert f"perpo report: error: {run}/{message}" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no output, no temporary folder
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("samples/perpo_synth_test.jsonl", "samples/perpo_synth_test.jsonl:24: not valid JSON (truncated?): "),
+        ("eval_config.json", "eval_config.json: not valid JSON (truncated?) at line "),
+    ],
+)
+def test_a_truncated_samples_or_metadata_file_is_one_line_naming_it(tmp_path, capsys, name, message):
+    run = tmp_path / "run"
+    shutil.copytree(AFTER, run)
+    path = run / name
+    path.write_text(path.read_text()[:-20])
+    assert main(["compare", str(BASE), str(run), "--out", str(tmp_path / "o"), "--gallery_size", "0"]) == 2
+    assert f"{run}/{message}" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_nan_or_infinite_metric_is_a_problem_not_a_silent_gap(tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(AFTER, run)
+    results = json.loads((run / "results.json").read_text())
+    results["results"]["perpo_synth_test"] |= {"ap50,none": math.nan, "iou,none": math.inf}
+    (run / "results.json").write_text(json.dumps(results))  # NaN and Infinity, as Python's json writes them
+    out = tmp_path / "o"
+    argv = ["compare", str(BASE), str(run), "--out", str(out), "--after_label", "PerPO", "--gallery_size", "0"]
+    assert main(argv) == 0
+    index = (out / "index.md").read_text(encoding="utf-8")
+    assert "| PerPO | non_finite | perpo_synth_test | ap50 | value nan is not finite |" in index
+    assert "| PerPO | non_finite | perpo_synth_test | iou | value inf is not finite |" in index
+    shared = {(r["task"], r["metric"]) for r in _csv(out / "metrics.csv")}
+    assert ("perpo_synth_test", "ap50") not in shared and ("perpo_synth_test", "iou") not in shared
+    assert ("perpo_synth_test_orig", "ap50") in shared
 
 
 def test_perpo_report_builds_every_supported_part_and_links_it(tmp_path):

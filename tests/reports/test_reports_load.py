@@ -75,11 +75,14 @@ def test_unknown_and_non_numeric_metrics_are_reported_not_dropped(tmp_path):
     results = json.loads((run / "results.json").read_text())
     results["results"]["perpo_synth_test"]["mystery_score,none"] = 0.25
     results["results"]["llava_in_the_wild"] = {"alias": "llava_in_the_wild", "gpt_eval_llava_all,none": None}
+    results["results"]["perpo_synth_test_orig"]["iou,none"] = -math.inf
     (run / "results.json").write_text(json.dumps(results))
     loaded = load_results([run])
     kinds = {(p.kind, p.task, p.metric) for p in loaded.problems}
     assert ("unknown_metric", "perpo_synth_test", "mystery_score") in kinds
     assert ("non_numeric", "llava_in_the_wild", "gpt_eval_llava_all") in kinds
+    assert ("non_finite", "perpo_synth_test_orig", "iou") in kinds
+    assert loaded.value(loaded.runs[0].label, "perpo_synth_test_orig", "iou") is None
     assert ("missing_file", "llava_in_the_wild", "") in kinds
     frame = loaded.frame
     assert frame[frame.metric == "mystery_score"].value.tolist() == [0.25]
