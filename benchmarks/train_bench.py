@@ -479,7 +479,8 @@ def run_trl(cfg: dict) -> dict:
     from transformers import PrinterCallback, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from perpo.modeling import DEFAULT_LORA_TARGETS, PROJECTOR, disable_dropout, lora_target_regex
+    from perpo.families import family_of
+    from perpo.modeling import DEFAULT_LORA_TARGETS, disable_dropout
 
     spec, processor, dtype = setup_worker(cfg)
     device = cfg["device"]
@@ -504,8 +505,8 @@ def run_trl(cfg: dict) -> dict:
         r=cfg["lora_r"],
         lora_alpha=cfg["lora_alpha"],
         lora_dropout=0.0,
-        target_modules=lora_target_regex(DEFAULT_LORA_TARGETS),
-        modules_to_save=[PROJECTOR],
+        target_modules=family_of(model).lora_target_regex(DEFAULT_LORA_TARGETS),
+        modules_to_save=[family_of(model).projector],
         bias="none",
         task_type="CAUSAL_LM",
     )

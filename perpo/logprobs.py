@@ -85,6 +85,15 @@ def unwrap(model):
     return model
 
 
+def language_core(model):
+    """The language model's decoder stack as the model's family names it (None for a model of no known family)."""
+    from perpo.families import FAMILIES
+
+    core = unwrap(model)
+    family = FAMILIES.get(getattr(core.config, "model_type", None))
+    return family.language_core(core) if family else None
+
+
 def _image_rows(batch: ListBatch, owners: Sequence[int]) -> dict[str, Tensor]:
     """Image inputs re-indexed so that row r gets the image of list owners[r] (lists without images skipped)."""
     if not batch.images:
@@ -534,7 +543,7 @@ def use_lists_attention(model) -> bool:
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    language_model = getattr(unwrap(model).model, "language_model", None)
+    language_model = language_core(model)
     if language_model is None:
         return False
     config = language_model.config
@@ -595,7 +604,7 @@ def _prune_last_layer(model) -> bool:
 
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-    layers = getattr(getattr(unwrap(model).model, "language_model", None), "layers", None)
+    layers = getattr(language_core(model), "layers", None)
     if not layers:
         return False
     last = layers[-1]

@@ -1,7 +1,7 @@
-"""Loading LLaVA-family models and processors, LoRA (peft), freezing, and the reference policy.
+"""Loading models and processors, LoRA (peft), freezing, and the reference policy.
 
-Supported families, by the checkpoint's `config.model_type`: `llava` (LLaVA-1.5), `llava_next` (LLaVA-NeXT)
-and `llava_onevision` (LLaVA-OneVision), through their transformers classes. What trains follows the released
+The checkpoint's `config.model_type` picks its family (`perpo.families`: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision),
+which names the transformers class, the projector and the language model. What trains follows the released
 PerPO recipe: LoRA on the language model's linear layers, the multimodal projector fully (as a peft
 `modules_to_save`, so that disabling the adapter also restores the original projector), the vision tower frozen.
 """
@@ -17,14 +17,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-MODEL_CLASSES = {
-    "llava": "LlavaForConditionalGeneration",
-    "llava_next": "LlavaNextForConditionalGeneration",
-    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
-}
 # The language model's linear layers (LLaMA/Vicuna, Qwen2): the paper's LoRA targets.
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-PROJECTOR = "multi_modal_projector"
 _FINGERPRINT_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".jinja", ".txt")
 _FULL_HASH_BYTES = 256 << 20
 _EDGE_BYTES = 1 << 20
@@ -34,17 +28,13 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def model_class(name_or_path: str | Path, **hub_kwargs):
-    """The transformers class for a checkpoint, chosen by its `model_type`."""
-    import transformers
+    """The transformers class for a checkpoint, chosen by its family (`config.model_type`)."""
     from transformers import AutoConfig
 
+    from perpo.families import family_for_type
+
     config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
-    if config.model_type not in MODEL_CLASSES:
-        raise ValueError(
-            f"{name_or_path}: model_type {config.model_type!r} is not a supported LLaVA family "
-            f"({', '.join(MODEL_CLASSES)})"
-        )
-    return getattr(transformers, MODEL_CLASSES[config.model_type])
+    return family_for_type(config.model_type, str(name_or_path)).transformers_class()
 
 
 def resolve_device(device: str | None = "auto") -> str:
@@ -135,11 +125,6 @@ def load_processor(name_or_path: str | Path, **hub_kwargs):
     return AutoProcessor.from_pretrained(name_or_path, **hub_kwargs)
 
 
-def lora_target_regex(targets: tuple[str, ...] | list[str]) -> str:
-    """A peft `target_modules` regex: the named linear layers of the language model only (not the vision tower)."""
-    return r".*language_model.*\.(" + "|".join(targets) + r")$"
-
-
 def apply_lora(
     model,
     *,
@@ -156,12 +141,15 @@ def apply_lora(
     """
     from peft import LoraConfig, get_peft_model
 
+    from perpo.families import family_of
+
+    family = family_of(model)
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=lora_target_regex(targets),
-        modules_to_save=[PROJECTOR] if train_projector else None,
+        target_modules=family.lora_target_regex(targets),
+        modules_to_save=[family.projector] if train_projector else None,
         bias="none",
         task_type="CAUSAL_LM",
     )

@@ -30,6 +30,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from perpo.config import ConfigError, check_numbers, opt
 from perpo.data.collate import ListCollator
+from perpo.families import family_of
 from perpo.io import write_json
 from perpo.logprobs import LAYOUTS, ListBatch, ReferenceMemo, sequence_logps
 from perpo.losses import LOSS_NEEDS_REFERENCE, LOSSES
@@ -514,9 +515,11 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks:
     model.train()
     disable_dropout(model)
     model.requires_grad_(False)
+    family = family_of(model)
     collator = ListCollator(
-        processor, str(image_root), args.n, with_answers=args.loss == "sft", cache=args.cache_inputs
-    )
+        processor, str(image_root), args.n, with_answers=args.loss == "sft",
+        cache=args.cache_inputs and family.per_image_pixels, image_inputs=family.image_inputs,
+    )  # fmt: skip
 
     ref_model = None
     if args.loss in LOSS_NEEDS_REFERENCE and args.reference == "precomputed":

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 
 IGNORE_INDEX = -100
+# Processor outputs that carry images for the LLaVA families (a model's own: `perpo.families.Family.image_inputs`).
+IMAGE_INPUTS = ("pixel_values", "image_sizes")
 
 
 def load_image(path):
@@ -21,8 +23,13 @@ def load_image(path):
         return image.convert("RGB")
 
 
-def encode_prompts(processor, prompts: Sequence[str], images: Sequence[object | None]) -> tuple[list[list[int]], dict]:
+def encode_prompts(
+    processor, prompts: Sequence[str], images: Sequence[object | None], image_inputs: Sequence[str] = IMAGE_INPUTS
+) -> tuple[list[list[int]], dict]:
     """Tokenise prompts with the processor, which expands each image placeholder to the model's image tokens.
+
+    Args:
+        image_inputs: the processor outputs kept as image inputs (the model family's).
 
     Returns:
         (prompt ids per prompt without padding, extra model inputs such as `pixel_values` [n_images, C, H, W]
@@ -33,7 +40,7 @@ def encode_prompts(processor, prompts: Sequence[str], images: Sequence[object | 
     ids = [
         row[mask.bool()].tolist() for row, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)
     ]
-    extra = {key: encoded[key] for key in ("pixel_values", "image_sizes") if key in encoded and present}
+    extra = {key: encoded[key] for key in image_inputs if key in encoded and present}
     return ids, extra
 
 
@@ -83,6 +90,7 @@ class ListCollator:
         ref_logps: optional precomputed reference log-probs, id → N floats.
         cache: encode each list once and keep it (prompt ids, image tensor, response ids) for later epochs.
         cache_bytes: stop adding lists to the cache once their image tensors take this much memory.
+        image_inputs: the processor outputs that carry images (`perpo.families.Family.image_inputs`).
     """
 
     def __init__(
@@ -95,6 +103,7 @@ class ListCollator:
         ref_logps: dict | None = None,
         cache: bool = False,
         cache_bytes: int = 1 << 30,
+        image_inputs: Sequence[str] = IMAGE_INPUTS,
     ):
         self.processor = processor
         self.image_root = image_root
@@ -103,6 +112,7 @@ class ListCollator:
         self.ref_logps = ref_logps
         self.cache = cache
         self.cache_bytes = cache_bytes
+        self.image_inputs = tuple(image_inputs)
         self._encoded: dict[tuple, tuple] = {}
         self._cached_bytes = 0
 
@@ -116,7 +126,7 @@ class ListCollator:
             chat_prompt(self.processor, r["question"], with_image=image is not None)
             for r, image in zip(records, images, strict=True)
         ]
-        prompt_ids, extra = encode_prompts(self.processor, prompts, images)
+        prompt_ids, extra = encode_prompts(self.processor, prompts, images, self.image_inputs)
         has_image = [image is not None for image in images]
         tokenizer = self.processor.tokenizer
         responses = [encode_responses(tokenizer, r["responses"][: self.n]) for r in records]

@@ -73,7 +73,7 @@ def test_help_says_each_default_once_and_what_a_negative_flag_does(capsys):
         (["sample", "--model", "m", "--instructions", "i", "--out", "o", "--top_p", "inf"], "--top_p must be"),
         (["demo", "--epochs", "-1"], "--epochs must be a finite number > 0, got -1.0"),
         (["eval", "--model", "m", "--tasks", "t", "--output_dir", "o", "--limit", "0"], "--limit must be"),
-        (["build-data", "--samples", "s", "--out", "o", "--margin", "nan"], "--margin must be a finite number, got nan"),
+        (["build-data", "--samples", "s", "--out", "o", "--margin", "nan"], "--margin must be a finite number"),
         (["compare", "a", "b", "--out", "o", "--gallery_size", "-1"], "--gallery_size must be >= 0, got -1"),
         (["report", "--runs", "a", "--out", "o", "--gallery_size", "-2"], "--gallery_size must be >= 0, got -2"),
     ],

@@ -91,9 +91,10 @@ def test_fused_lora_gives_the_same_outputs_gradients_and_merge():
 def test_fused_lora_leaves_other_variants_alone():
     from peft import LoraConfig, get_peft_model
 
-    from perpo.modeling import fuse_lora, lora_target_regex
+    from perpo.families import LLAVA
+    from perpo.modeling import fuse_lora
     from perpo.tiny import TinySpec, build_model
 
     model = build_model(TinySpec(image_size=16, patch_size=4, text_hidden=32, text_layers=1, text_heads=2))
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=lora_target_regex(["q_proj"]), use_dora=True)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=LLAVA.lora_target_regex(["q_proj"]), use_dora=True)
     assert fuse_lora(get_peft_model(model, config)) == 0  # DoRA keeps its own forward

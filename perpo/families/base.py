@@ -1,0 +1,74 @@
+"""`Family`: the family-specific facts and operations, and the registry keyed by `config.model_type`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from perpo.config import ConfigError
+
+FAMILIES: dict[str, Family] = {}
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family as perpo uses it.
+
+    Attributes:
+        model_type: the checkpoint's `config.model_type` (the registry key).
+        model_class: the transformers `*ForConditionalGeneration` class name.
+        projector: the module trained fully (a peft `modules_to_save` copy, so disabling the adapter restores it).
+        language_model: the submodule path (under the model) whose linear layers get LoRA.
+        image_inputs: the processor outputs that carry the images of a batch (moved to the model with the ids).
+        per_image_pixels: each image is one fixed-size `pixel_values` row, whatever the batch: lists can be
+            encoded once and cached (LLaVA-1.5). False when the processor pads or tiles per batch.
+        box_frame: the frame of the boxes its answers hold ("padded": normalised to LLaVA-1.5's square padding).
+    """
+
+    model_type: str
+    model_class: str
+    projector: str = "multi_modal_projector"
+    language_model: str = "language_model"
+    image_inputs: tuple[str, ...] = ("pixel_values",)
+    per_image_pixels: bool = True
+    box_frame: str = "padded"
+
+    def transformers_class(self):
+        import transformers
+
+        return getattr(transformers, self.model_class)
+
+    def lora_target_regex(self, targets: tuple[str, ...] | list[str]) -> str:
+        """A peft `target_modules` regex: the named linear layers of the language model only (not the vision tower)."""
+        return rf".*{self.language_model}.*\.(" + "|".join(targets) + r")$"
+
+    def language_core(self, model) -> Any:
+        """The decoder stack (embeddings, layers, final norm) of an unwrapped `*ForConditionalGeneration`."""
+        return getattr(model.model, self.language_model, None)
+
+    def image_kwargs(self, encoded: dict) -> dict:
+        """The image inputs among a processor's outputs (none when the batch has no image)."""
+        return {key: encoded[key] for key in self.image_inputs if key in encoded}
+
+
+def register(family: Family) -> Family:
+    """Add a family to the registry (its module calls this at import)."""
+    FAMILIES[family.model_type] = family
+    return family
+
+
+def family_for_type(model_type: str, source: str = "model") -> Family:
+    """The family of a `model_type`, or a ConfigError that lists the supported ones."""
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise ConfigError(
+            f"{source}: model_type {model_type!r} is not a supported family ({', '.join(FAMILIES)}); adding one is "
+            "one module in perpo/families/ (docs/architecture.md)"
+        )
+    return family
+
+
+def family_of(model_or_config: Any) -> Family:
+    """The family of a model (peft / DeepSpeed wrappers allowed) or of its config."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return family_for_type(getattr(config, "model_type", None), type(model_or_config).__name__)

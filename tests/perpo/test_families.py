@@ -1,0 +1,67 @@
+"""`perpo.families`: each family's facts hold on its tiny model built from config (CPU, random weights)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from perpo.config import ConfigError
+from perpo.data.collate import encode_prompts
+from perpo.families import FAMILIES, family_for_type, family_of
+from perpo.modeling import apply_lora
+from perpo.prompts import chat_prompt
+from perpo.tiny import FAMILIES as TINY_FAMILIES
+from perpo.tiny import build_family
+
+
+def test_every_registered_family_has_a_tiny_model_built_from_config():
+    assert set(FAMILIES) == set(TINY_FAMILIES)
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def built(request, tiny_spec):
+    model, processor = build_family(request.param, tiny_spec)
+    return request.param, model, processor
+
+
+def test_the_family_names_the_model_class_and_the_language_model(built):
+    name, model, _ = built
+    family = family_of(model)
+    assert family.model_type == name and type(model) is family.transformers_class()
+    core = family.language_core(model)
+    assert core is not None and len(core.layers) > 0 and core.config.model_type in ("llama", "qwen2")
+
+
+def test_lora_goes_to_the_language_model_only_and_the_projector_trains_fully(built):
+    name, model, _ = built
+    family = FAMILIES[name]
+    peft_model = apply_lora(model, r=2, alpha=4)
+    adapted = {n for n, _ in peft_model.named_modules() if n.endswith(".lora_A")}
+    assert adapted and all(f".{family.language_model}." in n for n in adapted)
+    trained = [n for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" not in n]
+    assert trained and all(f"{family.projector}.modules_to_save" in n for n in trained)
+    peft_model.unload()
+
+
+def test_image_inputs_are_what_the_processor_gives_and_caching_follows_the_pixels(built):
+    from PIL import Image
+
+    name, _, processor = built
+    family = FAMILIES[name]
+    images = [Image.new("RGB", (20, 20), (220, 40, 40)), Image.new("RGB", (17, 40), (40, 200, 40))]
+    prompts = [chat_prompt(processor, "the red circle") for _ in images]
+    encoded = processor(images=images, text=prompts, padding=True, return_tensors="pt")
+    assert set(family.image_inputs) <= set(encoded)  # NeXT / OneVision also give batch_num_images: not needed
+    _, together = encode_prompts(processor, prompts, images, family.image_inputs)
+    _, alone = encode_prompts(processor, prompts[:1], images[:1], family.image_inputs)
+    # The collator caches a list as its own pixel row: only when an image is one [C, H, W] row whatever the batch.
+    assert family.per_image_pixels == (
+        together["pixel_values"].dim() == 4 and family.image_inputs == ("pixel_values",)
+    )
+    if family.per_image_pixels:
+        assert torch.equal(together["pixel_values"][:1], alone["pixel_values"])
+
+
+def test_an_unknown_model_type_names_the_supported_families():
+    with pytest.raises(ConfigError, match=r"ckpt: model_type 'gpt2' is not a supported family \(llava, llava_next"):
+        family_for_type("gpt2", "ckpt")
