@@ -85,16 +85,19 @@ def unwrap(model):
     return model
 
 
+def family(model):
+    """The model's family (`perpo.families`); an unregistered model type gets LLaVA-1.5's conventions."""
+    from perpo.families import FAMILIES, LLAVA
+
+    return FAMILIES.get(getattr(unwrap(model).config, "model_type", None), LLAVA)
+
+
 def language_core(model):
-    """The language model's decoder stack as the model's family names it (None for a model of no known family)."""
-    from perpo.families import FAMILIES
-
-    core = unwrap(model)
-    family = FAMILIES.get(getattr(core.config, "model_type", None))
-    return family.language_core(core) if family else None
+    """The language model's decoder stack as the model's family names it (None if the model has none there)."""
+    return family(model).language_core(unwrap(model))
 
 
-def _image_rows(batch: ListBatch, owners: Sequence[int]) -> dict[str, Tensor]:
+def _image_rows(batch: ListBatch, owners: Sequence[int], model) -> dict[str, Tensor]:
     """Image inputs re-indexed so that row r gets the image of list owners[r] (lists without images skipped)."""
     if not batch.images:
         return {}
@@ -103,10 +106,36 @@ def _image_rows(batch: ListBatch, owners: Sequence[int]) -> dict[str, Tensor]:
         if has:
             index_of_list[b] = len(index_of_list)
     picks = [index_of_list[b] for b in owners if b in index_of_list]
-    if not picks:
-        return {}
-    index = torch.tensor(picks, device=next(iter(batch.images.values())).device)
-    return {key: value.index_select(0, index) for key, value in batch.images.items()}
+    return family(model).select_images(batch.images, picks)
+
+
+def _prompt_positions(model, batch: ListBatch):
+    """Each prompt's [3, P] positions for a family with multimodal positions (M-RoPE), else None (kept in memo)."""
+    if "positions" not in batch.memo:
+        core = unwrap(model)
+        batch.memo["positions"] = family(model).prompt_positions(core, batch.prompt_ids, batch.has_image, batch.images)
+    return batch.memo["positions"]
+
+
+def _mrope(position_ids: Tensor, owner: Tensor, prompt_positions: list[Tensor]) -> Tensor:
+    """[R, T] layout positions (prompt 0 .. P-1, then P + d - 1) → [R, T, 3] multimodal positions.
+
+    A prompt token takes its prompt's own position; a response token at depth d takes `max(prompt) + d` on all
+    three axes, as the model places the text after its last image token (`owner`: [R, T] list of each slot).
+    """
+    out = position_ids[..., None].repeat(1, 1, 3)
+    for b, prompt in enumerate(prompt_positions):
+        slots = owner == b
+        p = position_ids[slots]
+        P = prompt.shape[1]
+        after = (p + int(prompt.max()) + 1 - P)[:, None].expand(-1, 3)
+        out[slots] = torch.where((p < P)[:, None], prompt.T[p.clamp(max=P - 1)], after)
+    return out
+
+
+def _model_positions(position_ids: Tensor) -> Tensor:
+    """Layout positions as the model takes them: [R, T], or [3, R, T] for multimodal positions stored [R, T, 3]."""
+    return position_ids.permute(2, 0, 1) if position_ids.dim() == 3 else position_ids
 
 
 # ---------------------------------------------------------------------------------------------------- naive
@@ -135,7 +164,8 @@ def naive_rows(batch: ListBatch, pad_id: int) -> tuple[Tensor, Tensor, Tensor, l
 
 
 def _naive_chunk(model, input_ids: Tensor, attention_mask: Tensor, starts: Tensor, images: dict) -> Tensor:
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, **images).logits  # [R, T, V]
+    text = family(model).text_inputs(unwrap(model).config, input_ids)  # e.g. what M-RoPE positions are built from
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, **images, **text).logits  # [R, T, V]
     token_logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [R, T-1, V], position t predicts t+1
     targets = input_ids[:, 1:]
     picked = token_logps.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [R, T-1]
@@ -152,17 +182,13 @@ def naive_logps(model, batch: ListBatch, *, pad_id: int, chunk_size: int | None 
     """
     device = _device(model)
     input_ids, attention_mask, starts, owners = naive_rows(batch, pad_id)
-    images = _image_rows(batch, [b for b, _ in owners])
-    has_image_row = torch.tensor([batch.has_image[b] for b, _ in owners])
     chunk = chunk_size or len(owners)
     parts = []
     for begin in range(0, len(owners), chunk):
         end = min(begin + chunk, len(owners))
-        image_begin = int(has_image_row[:begin].sum())
-        image_end = int(has_image_row[:end].sum())
-        chunk_images = {key: value[image_begin:image_end].to(device) for key, value in images.items()}
-        if image_begin == image_end:
-            chunk_images = {}
+        chunk_images = {
+            k: v.to(device) for k, v in _image_rows(batch, [b for b, _ in owners[begin:end]], model).items()
+        }
         args = (input_ids[begin:end].to(device), attention_mask[begin:end].to(device), starts[begin:end].to(device))
         parts.append(_maybe_checkpoint(chunk_size, _naive_chunk, model, *args, chunk_images))
     flat = torch.cat(parts)  # [R]
@@ -198,11 +224,14 @@ class SharedRows:
     row_lists: list[list[int]]
 
 
-def shared_rows(batch: ListBatch, pad_id: int, pack: int = 1) -> SharedRows:
-    """Lay out each list as [prompt][resp_1]…[resp_N], `pack` consecutive lists per row."""
+def shared_rows(batch: ListBatch, pad_id: int, pack: int = 1, prompt_positions=None) -> SharedRows:
+    """Lay out each list as [prompt][resp_1]…[resp_N], `pack` consecutive lists per row.
+
+    `prompt_positions` (one [3, P] tensor per prompt, for M-RoPE families) makes `position_ids` [R, T, 3].
+    """
     B, N = batch.shape
     row_lists = [list(range(i, min(i + pack, B))) for i in range(0, B, pack)]
-    rows, positions, segments, branches = [], [], [], []
+    rows, positions, segments, branches, owners = [], [], [], [], []
     predict_row, predict_pos, target_ids, target_owner = [], [], [], []
     for r, lists in enumerate(row_lists):
         ids, pos, seg, br = [], [], [], []
@@ -229,11 +258,15 @@ def shared_rows(batch: ListBatch, pad_id: int, pack: int = 1) -> SharedRows:
         positions.append(pos)
         segments.append(seg)
         branches.append(br)
+        owners.append([lists[s] for s in seg])
     width = max(len(r) for r in rows)
+    position_ids = _right_pad(positions, width, 0)
+    if prompt_positions is not None:
+        position_ids = _mrope(position_ids, _right_pad(owners, width, -1), prompt_positions)
 
     return SharedRows(
         input_ids=_right_pad(rows, width, pad_id),
-        position_ids=_right_pad(positions, width, 0),
+        position_ids=position_ids,
         segment=_right_pad(segments, width, -1),
         branch=_right_pad(branches, width, -2),
         predict_row=torch.tensor(predict_row),
@@ -292,7 +325,11 @@ def _shared_chunk(
 ) -> Tensor:
     core = unwrap(model)
     hidden = core.model(
-        input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False, **images
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=_model_positions(position_ids),
+        use_cache=False,
+        **images,
     ).last_hidden_state  # [R, T, H]
     picked = hidden[rows, pos]  # [M, H]: only the positions that predict a response token
     logits = core.lm_head(picked).float()  # [M, V]
@@ -312,7 +349,7 @@ def shared_logps(
     """
     device = _device(model)
     dtype = _dtype(model)
-    layout = shared_rows(batch, pad_id, pack)
+    layout = shared_rows(batch, pad_id, pack, _prompt_positions(model, batch))
     B, N = batch.shape
     n_rows = len(layout.row_lists)
     chunk = chunk_size or n_rows
@@ -320,7 +357,7 @@ def shared_logps(
     for begin in range(0, n_rows, chunk):
         end = min(begin + chunk, n_rows)
         lists = [b for row in layout.row_lists[begin:end] for b in row]
-        images = {key: value.to(device) for key, value in _image_rows(batch, lists).items()}
+        images = {key: value.to(device) for key, value in _image_rows(batch, lists, model).items()}
         select = (layout.predict_row >= begin) & (layout.predict_row < end)
         segment, branch = layout.segment[begin:end].to(device), layout.branch[begin:end].to(device)
         if unwrap(model).config._attn_implementation == "flex_attention":
@@ -418,15 +455,16 @@ def _response_tree(responses: tuple[tuple[int, ...], ...]):
     return response_tree(responses)
 
 
-def tree_rows(batch: ListBatch, pad_id: int, pack: int = 1) -> TreeRows:
+def tree_rows(batch: ListBatch, pad_id: int, pack: int = 1, prompt_positions=None) -> TreeRows:
     """Lay out each list as [prompt][its responses' token tree, depth first], `pack` consecutive lists per row.
 
     The tree's leaves (the last token of each distinct response, usually EOS) are targets but not inputs: their
-    log-probs come from their parents' hidden states, and no token attends to them.
+    log-probs come from their parents' hidden states, and no token attends to them. `prompt_positions` (one
+    [3, P] tensor per prompt, for M-RoPE families) makes `position_ids` [R, T, 3].
     """
     B, N = batch.shape
     row_lists = [list(range(i, min(i + pack, B))) for i in range(0, B, pack)]
-    rows, positions, segments, ends = [], [], [], []
+    rows, positions, segments, ends, owners = [], [], [], [], []
     predict_row, predict_pos, target_ids, path_token, path_owner = [], [], [], [], []
     for r, lists in enumerate(row_lists):
         ids, pos, seg, end = [], [], [], []
@@ -460,11 +498,15 @@ def tree_rows(batch: ListBatch, pad_id: int, pack: int = 1) -> TreeRows:
         positions.append(pos)
         segments.append(seg)
         ends.append(end)
+        owners.append([lists[s] for s in seg])
     width = max(len(r) for r in rows)
+    position_ids = _right_pad(positions, width, 0)
+    if prompt_positions is not None:
+        position_ids = _mrope(position_ids, _right_pad(owners, width, -1), prompt_positions)
 
     return TreeRows(
         input_ids=_right_pad(rows, width, pad_id),
-        position_ids=_right_pad(positions, width, 0),
+        position_ids=position_ids,
         segment=_right_pad(segments, width, -1),
         end=_right_pad(ends, width, 0),
         predict_row=torch.tensor(predict_row, dtype=torch.long),
@@ -680,7 +722,7 @@ def _unpadded_chunk(
     hidden = core.model(
         input_ids=input_ids,
         attention_mask=masks,
-        position_ids=position_ids,
+        position_ids=_model_positions(position_ids),
         use_cache=False,
         perpo_spans=spans,
         **extra,
@@ -713,7 +755,7 @@ def tree_logps(
     prune = unpadded and _prune_last_layer(model)
     key = ("tree", pad_id, pack)
     if key not in batch.memo:
-        batch.memo[key] = tree_rows(batch, pad_id, pack)
+        batch.memo[key] = tree_rows(batch, pad_id, pack, _prompt_positions(model, batch))
     layout: TreeRows = batch.memo[key]
     B, N = batch.shape
     n_rows = len(layout.row_lists)
@@ -722,7 +764,7 @@ def tree_logps(
     for begin in range(0, n_rows, chunk):
         end = min(begin + chunk, n_rows)
         lists = [b for row in layout.row_lists[begin:end] for b in row]
-        images = {k: v.to(device) for k, v in _image_rows(batch, lists).items()}
+        images = {k: v.to(device) for k, v in _image_rows(batch, lists, model).items()}
         select = (layout.predict_row >= begin) & (layout.predict_row < end)
         mask_key = ("tree-mask", pad_id, pack, begin, end, str(device), dtype, flex, unpadded)
         if mask_key not in batch.memo:
@@ -787,20 +829,22 @@ class ReferenceMemo:
     changed list is a new key, never a stale hit.
     """
 
-    def __init__(self):
-        self.store: dict[bytes, Tensor] = {}
+    def __init__(self, family=None):
+        from perpo.families import LLAVA
 
-    @staticmethod
-    def keys(batch: ListBatch) -> list[bytes]:
+        self.store: dict[bytes, Tensor] = {}
+        self.family = family or LLAVA  # how a list's image inputs are cut out of the batch's
+
+    def keys(self, batch: ListBatch) -> list[bytes]:
         import hashlib
 
-        images = _image_rows(batch, range(len(batch.prompt_ids)))
         keys, image = [], 0
         for b, (prompt, responses) in enumerate(zip(batch.prompt_ids, batch.response_ids, strict=True)):
             digest = hashlib.blake2b(repr((prompt, responses)).encode(), digest_size=20)
             if batch.has_image[b]:
-                for name in sorted(images):
-                    row = images[name][image].detach().cpu().contiguous()
+                own = self.family.select_images(batch.images, [image])
+                for name in sorted(own):
+                    row = own[name].detach().cpu().contiguous()
                     digest.update(f"{name}{tuple(row.shape)}{row.dtype}".encode())
                     digest.update(row.view(torch.uint8).numpy().tobytes() if row.numel() else b"")
                 image += 1

@@ -217,11 +217,80 @@ def save_tiny_model(out: Path, spec: TinySpec = TinySpec(), model=None) -> Path:
     return out
 
 
-FAMILIES = ("llava", "llava_next", "llava_onevision")
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_5_vl")
+QWEN_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+QWEN_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<image>\n", "<|vision_start|><|image_pad|><|vision_end|>\n")
+
+
+def build_qwen2_5_vl(spec: TinySpec = TinySpec()):
+    """A tiny random Qwen2.5-VL + processor from config: the same word-level tokenizer with Qwen's vision tokens,
+    a windowed ViT with a 2 × 2 patch merger, M-RoPE over a Qwen2 language model (sections split over 3 axes).
+
+    Returns:
+        (model, processor)
+    """
+    import torch
+    import transformers
+
+    tokenizer = build_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
+    tokenizer.image_token = "<|image_pad|>"
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    start, end, image, video = tokenizer.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS))
+    half = spec.text_hidden // spec.text_heads // 2
+    pixels = {"patch_size": spec.patch_size, "merge_size": 2, "temporal_patch_size": 2}
+    config = transformers.Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=max(len(tokenizer), spec.vocab_size),
+            hidden_size=spec.text_hidden,
+            intermediate_size=spec.text_intermediate,
+            num_hidden_layers=spec.text_layers,
+            num_attention_heads=spec.text_heads,
+            num_key_value_heads=spec.text_heads,
+            max_position_embeddings=spec.max_positions,
+            rope_scaling={"type": "mrope", "mrope_section": [half - 2 * (half // 3), half // 3, half // 3]},
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            tie_word_embeddings=False,
+        ),
+        vision_config=dict(
+            depth=spec.vision_layers,
+            hidden_size=spec.vision_hidden,
+            intermediate_size=2 * spec.vision_hidden,
+            num_heads=spec.vision_heads,
+            patch_size=spec.patch_size,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            out_hidden_size=spec.text_hidden,
+            window_size=4 * spec.patch_size,
+            fullatt_block_indexes=[spec.vision_layers - 1],
+        ),
+        image_token_id=image,
+        video_token_id=video,
+        vision_start_token_id=start,
+        vision_end_token_id=end,
+    )
+    torch.manual_seed(spec.seed)
+    model = transformers.Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config = transformers.GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    side = 2 * spec.patch_size  # the smallest image: one merged token
+    processor = transformers.Qwen2_5_VLProcessor(
+        image_processor=transformers.Qwen2VLImageProcessor(
+            **pixels, min_pixels=side * side, max_pixels=spec.image_size**2, image_mean=list(CLIP_MEAN),
+            image_std=list(CLIP_STD),
+        ),
+        tokenizer=tokenizer,
+        video_processor=transformers.Qwen2VLVideoProcessor(**pixels),
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )  # fmt: skip
+    return model, processor
 
 
 def build_family(family: str, spec: TinySpec = TinySpec()):
-    """A tiny random model + processor of another LLaVA family (anyres image tiling), for tests and benchmarks.
+    """A tiny random model + processor of another family (LLaVA anyres tiling, Qwen2.5-VL), for tests and benchmarks.
 
     `llava_next` and `llava_onevision` tile the image at the resolutions in `image_grid_pinpoints` (multiples of
     `spec.image_size`), so the number of image tokens depends on the image's size, as in the real models.
@@ -234,6 +303,8 @@ def build_family(family: str, spec: TinySpec = TinySpec()):
 
     if family == "llava":
         return build_model(spec), build_processor(spec)
+    if family == "qwen2_5_vl":
+        return build_qwen2_5_vl(spec)
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     side = spec.image_size

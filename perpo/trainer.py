@@ -32,7 +32,7 @@ from perpo.config import ConfigError, check_numbers, opt
 from perpo.data.collate import ListCollator
 from perpo.families import family_of
 from perpo.io import write_json
-from perpo.logprobs import LAYOUTS, ListBatch, ReferenceMemo, sequence_logps
+from perpo.logprobs import LAYOUTS, ListBatch, ReferenceMemo, family, sequence_logps
 from perpo.losses import LOSS_NEEDS_REFERENCE, LOSSES
 from perpo.modeling import DEFAULT_LORA_TARGETS
 
@@ -151,7 +151,8 @@ class PerPOTrainer(Trainer):
         self._tokens = 0
         self._last_log = time.perf_counter()
         # Reference log-probs by list content (never in multi-process runs: there a skipped pass could desync ranks).
-        self._reference_memo = ReferenceMemo() if perpo_args.cache_reference and self.args.world_size == 1 else None
+        memo = perpo_args.cache_reference and self.args.world_size == 1
+        self._reference_memo = ReferenceMemo(family(self.model)) if memo else None
         self.add_callback(_FiniteGradients(self))
 
     def diverged(self, what: str) -> TrainingDiverged:
@@ -515,10 +516,10 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks:
     model.train()
     disable_dropout(model)
     model.requires_grad_(False)
-    family = family_of(model)
+    model_family = family_of(model)
     collator = ListCollator(
         processor, str(image_root), args.n, with_answers=args.loss == "sft",
-        cache=args.cache_inputs and family.per_image_pixels, image_inputs=family.image_inputs,
+        cache=args.cache_inputs and model_family.per_image_pixels, image_inputs=model_family.image_inputs,
     )  # fmt: skip
 
     ref_model = None

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import torch
 
 IGNORE_INDEX = -100
-# Processor outputs that carry images for the LLaVA families (a model's own: `perpo.families.Family.image_inputs`).
-IMAGE_INPUTS = ("pixel_values", "image_sizes")
+# Processor outputs that carry images, for every family (a model's own: `perpo.families.Family.image_inputs`).
+IMAGE_INPUTS = ("pixel_values", "image_sizes", "image_grid_thw")
 
 
 def load_image(path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,6 @@ class Family:
         image_inputs: the processor outputs that carry the images of a batch (moved to the model with the ids).
         per_image_pixels: each image is one fixed-size `pixel_values` row, whatever the batch: lists can be
             encoded once and cached (LLaVA-1.5). False when the processor pads or tiles per batch.
-        box_frame: the frame of the boxes its answers hold ("padded": normalised to LLaVA-1.5's square padding).
     """
 
     model_type: str
@@ -31,7 +31,6 @@ class Family:
     language_model: str = "language_model"
     image_inputs: tuple[str, ...] = ("pixel_values",)
     per_image_pixels: bool = True
-    box_frame: str = "padded"
 
     def transformers_class(self):
         import transformers
@@ -46,9 +45,26 @@ class Family:
         """The decoder stack (embeddings, layers, final norm) of an unwrapped `*ForConditionalGeneration`."""
         return getattr(model.model, self.language_model, None)
 
-    def image_kwargs(self, encoded: dict) -> dict:
-        """The image inputs among a processor's outputs (none when the batch has no image)."""
-        return {key: encoded[key] for key in self.image_inputs if key in encoded}
+    def select_images(self, images: dict, picks: Sequence[int]) -> dict:
+        """The image inputs of images `picks` (indices in batch order), in that order: one row per image here."""
+        import torch
+
+        if not images or not picks:
+            return {}
+        index = torch.tensor(list(picks), device=next(iter(images.values())).device)
+        return {key: value.index_select(0, index) for key, value in images.items()}
+
+    def text_inputs(self, config, input_ids) -> dict:
+        """Model inputs derived from the token ids beyond `input_ids` itself (none for 1-D position families)."""
+        return {}
+
+    def prompt_positions(self, model, prompt_ids: list[list[int]], has_image: list[bool], images: dict):
+        """Rotary positions of each prompt when they are not 0 .. P-1 (None: 1-D positions, as in Llama / LLaVA).
+
+        A family with multimodal positions (Qwen-VL's M-RoPE) returns one [3, P] tensor per prompt; a response
+        token at depth d then sits at `max(prompt positions) + d` in all three sections.
+        """
+        return None
 
 
 def register(family: Family) -> Family:

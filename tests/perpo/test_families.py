@@ -29,7 +29,7 @@ def test_the_family_names_the_model_class_and_the_language_model(built):
     family = family_of(model)
     assert family.model_type == name and type(model) is family.transformers_class()
     core = family.language_core(model)
-    assert core is not None and len(core.layers) > 0 and core.config.model_type in ("llama", "qwen2")
+    assert core is not None and len(core.layers) > 0
 
 
 def test_lora_goes_to_the_language_model_only_and_the_projector_trains_fully(built):

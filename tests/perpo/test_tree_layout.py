@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from perpo.data.collate import encode_prompts
+from perpo.families import FAMILIES as FAMILY_OF
 from perpo.logprobs import (
     ListBatch,
     naive_logps,
@@ -171,17 +172,42 @@ def test_lists_attention_changes_nothing_for_other_callers(family, tiny_spec):
     width = max(map(len, rows))
     input_ids = torch.tensor([[0] * (width - len(r)) + r for r in rows])  # left-padded, as for generation
     attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-    pixel_values = batch.images["pixel_values"][:1]
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
-    if "image_sizes" in batch.images:
-        inputs["image_sizes"] = batch.images["image_sizes"][:1]
+    own = FAMILY_OF[family]
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **own.select_images(batch.images, [0])}
+    inputs |= own.text_inputs(model.config, input_ids)
+    llama = type(model.model.language_model.layers[-1]).__name__ == "LlamaDecoderLayer"  # the pruned layer type
     with torch.no_grad():
         before = model(**inputs).logits
         generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
         assert use_lists_attention(model) and use_lists_attention(model)  # idempotent
-        assert _prune_last_layer(model) and _prune_last_layer(model)
+        assert _prune_last_layer(model) == llama and _prune_last_layer(model) == llama
         assert model.model.language_model.config._attn_implementation == LISTS_ATTENTION
         after = model(**inputs).logits
         again = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
     assert torch.equal(again, generated)
+
+
+def test_multimodal_positions_of_the_shared_layout_are_the_models_own(tiny_spec):
+    """Qwen2.5-VL (M-RoPE): every token of the shared layout sits where the model's own `get_rope_index` puts it in
+    the response's separate sequence [prompt][response]; image prompts really are off the 1-D positions."""
+    from perpo.logprobs import _prompt_positions
+
+    model, batch = _batch("qwen2_5_vl", tiny_spec)
+    family = FAMILY_OF["qwen2_5_vl"]
+    rows = shared_rows(batch, pad_id=0, prompt_positions=_prompt_positions(model, batch))
+    assert rows.position_ids.shape[-1] == 3
+    image = 0
+    for b, (prompt, responses) in enumerate(zip(batch.prompt_ids, batch.response_ids, strict=True)):
+        grid = family.select_images(batch.images, [image])["image_grid_thw"] if batch.has_image[b] else None
+        image += batch.has_image[b]
+        for k, response in enumerate(responses):
+            ids = torch.tensor([prompt + response])
+            if grid is None:
+                expected = torch.arange(ids.shape[1]).expand(3, -1)
+            else:
+                mm = family.text_inputs(model.config, ids)["mm_token_type_ids"]
+                expected = model.model.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=grid)[0][:, 0]
+                assert not torch.equal(expected, torch.arange(ids.shape[1]).expand(3, -1))
+            slots = (rows.branch[b] == -1) | (rows.branch[b] == k)
+            assert torch.equal(rows.position_ids[b][slots].T, expected), (b, k)
