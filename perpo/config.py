@@ -122,11 +122,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def parse_command(dataclass_types: Sequence[type], argv: Sequence[str], prog: str, description: str) -> tuple:
+def parse_command(
+    dataclass_types: Sequence[type], argv: Sequence[str], prog: str, description: str, usage: str | None = None
+) -> tuple:
     """Parse `[CONFIG.yaml] [--flag value ...]` into instances of `dataclass_types`."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(list(dataclass_types), prog=prog, description=description, formatter_class=HelpFormatter)
+    parser = HfArgumentParser(
+        list(dataclass_types),
+        prog=prog,
+        usage=usage or f"{prog} [CONFIG.yaml] [--option VALUE ...]  (options below; a flag overrides the YAML)",
+        description=description,
+        formatter_class=HelpFormatter,
+    )
     for action in parser._actions:  # HfArgumentParser gives `--no_x` the help of `--x`
         negative = next((s for s in action.option_strings if s.startswith("--no_")), None)
         if negative:

@@ -356,6 +356,9 @@ def check_training_args(training_args: TrainingArguments) -> None:
     for name, low in (("learning_rate", 0.0), ("weight_decay", 0.0), ("max_grad_norm", 0.0), ("adam_epsilon", 0.0)):
         if getattr(training_args, name) < low:
             raise ConfigError(f"--{name} must be >= {low:g}, got {getattr(training_args, name)!r}")
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(training_args, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {getattr(training_args, name)!r}")
     if training_args.max_steps <= 0 and training_args.num_train_epochs <= 0:
         raise ConfigError(f"--num_train_epochs must be > 0, got {training_args.num_train_epochs!r}")
 
@@ -429,7 +432,10 @@ def rerun_key(perpo_args: dict, training_args: dict, data_sha256: str | None) ->
 
 
 def check_rerun(out: Path, key: dict) -> None:
-    """Refuse to continue a run in `out` that was made with other settings or data."""
+    """Refuse to continue a run in `out` that was made with other settings or data (when it left anything to
+    continue: a checkpoint or a finished run; a run stopped before its first checkpoint is simply started again)."""
+    if not (out / DONE_FILE).is_file() and not any(out.glob("checkpoint-*")):
+        return
     try:
         stored = json.loads((out / "train_config.json").read_text())
         then = rerun_key(stored["PerPOArguments"], stored["TrainingArguments"], stored.get("data_sha256"))

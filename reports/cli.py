@@ -54,6 +54,7 @@ def compare_command(argv: Sequence[str], prog: str = "perpo compare") -> int:
         [CompareConfig],
         _positional_pair(argv),
         prog=prog,
+        usage=f"{prog} BASE AFTER --out DIR [--option VALUE ...], or {prog} CONFIG.yaml [--option VALUE ...]",
         description="Compare two evaluation runs of the same tasks (e.g. a base model and its PerPO adapter): every "
         "shared metric with its change, per-sample wins and losses for grounding and OCR joined on the document id, "
         "and a gallery of the most-changed answers (boxes drawn on the images; OCR differences highlighted). "

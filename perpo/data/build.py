@@ -63,7 +63,7 @@ class BuildDataConfig:
     out: str = opt(help="output folder: train.jsonl, stats.json, stats.png, build_config.json")
     reward: str = opt("", help="reward name (iou, ocr) or dotted path 'pkg.mod:fn'; default by task (iou / ocr)")
     margin: float | None = opt(
-        None, help="data margin m: keep a list when max - min reward >= m; default by reward (iou 0.8, ocr 0.04)"
+        None, ge=0, help="data margin m: keep a list when max - min reward >= m; default by reward (iou 0.8, ocr 0.04)"
     )
     target_count: int = opt(
         0, ge=0, help="keep at most this many lists: seeded subsample, equal share per dataset; 0 = all"
@@ -300,6 +300,12 @@ def run_build_data(cfg: BuildDataConfig) -> dict[str, Any]:
     rewards = score_records(records, reward, str(source))
     passing = [passes_margin(r, margin) for r in rewards]
     candidates = [i for i, p in enumerate(passing) if p]
+    if not candidates:
+        widest = max(list_margin(r) for r in rewards)
+        raise ConfigError(
+            f"{source}: no list reaches margin {margin:g} (the widest spans {widest:.3f} in {reward} reward): "
+            "lower --margin, or sample more (or more varied) responses"
+        )
     if cfg.target_count:
         chosen = equal_share_sample([records[i] for i in candidates], cfg.target_count, cfg.seed)
         keep = {r["id"] for r in chosen}

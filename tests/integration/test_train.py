@@ -243,6 +243,8 @@ def test_start_up_errors_name_the_problem(tiny_llava, listwise_data, tmp_path, c
         (["--beta", "0"], "--beta must be a finite number > 0, got 0.0"),
         (["--learning_rate", "nan"], "--learning_rate must be a finite number, got nan"),
         (["--num_train_epochs", "0"], "--num_train_epochs must be > 0, got 0.0"),
+        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be >= 1, got 0"),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be >= 1, got 0"),
     ],
 )
 def test_bad_numbers_fail_at_parse_time_and_write_nothing(flags, message, tiny_llava, listwise_data, tmp_path, capsys):

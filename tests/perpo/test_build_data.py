@@ -79,6 +79,11 @@ def test_margin_filter_edges(tmp_path):
     assert build(samples, tmp_path / "out2", margin=0.5)["lists"]["kept"] == 2
     assert build(samples, tmp_path / "out3", margin=0.0)["lists"]["kept"] == 4
     assert target_area == pytest.approx(0.16)
+    with pytest.raises(ConfigError, match=r"no list reaches margin 1.5 \(the widest spans 1.000 in iou reward\)"):
+        build(samples, tmp_path / "out4", margin=1.5)  # nothing to train on is an error, not an empty file
+    assert not (tmp_path / "out4").exists()
+    with pytest.raises(ConfigError, match="--margin must be a finite number >= 0, got -0.5"):
+        build(samples, tmp_path / "out5", margin=-0.5)
 
 
 def test_margin_tolerance_keeps_a_margin_equal_up_to_round_off(tmp_path):

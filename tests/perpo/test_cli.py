@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from perpo.cli import COMMANDS, main
@@ -60,6 +62,7 @@ def test_help_says_each_default_once_and_what_a_negative_flag_does(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert out.startswith("usage: perpo train [CONFIG.yaml] [--option VALUE ...]")
     assert "--no_cache_reference, --no-cache-reference turn --cache_reference off" in out
     assert "(default: data's folder) --loss" in out  # the help's own default, not a second "(default: None)"
     assert "(default: None)" not in out and "(default: tree)" in out
@@ -106,3 +109,16 @@ def test_resume_from_checkpoint_names_what_is_wrong(tmp_path):
     (tmp_path / "checkpoint-5" / "trainer_state.json").write_text('{"global_st')
     with pytest.raises(ConfigError, match="trainer_state.json is torn"):
         resume_point(tmp_path, str(tmp_path / "checkpoint-5"))
+
+
+def test_a_run_stopped_before_its_first_checkpoint_does_not_block_a_changed_rerun(tmp_path):
+    from perpo.config import ConfigError
+    from perpo.trainer import check_rerun, rerun_key
+
+    stored = {"PerPOArguments": {"beta": 0.1}, "TrainingArguments": {"learning_rate": 0.0}, "data_sha256": "x"}
+    (tmp_path / "train_config.json").write_text(json.dumps(stored))
+    fixed = rerun_key({"beta": 0.1}, {"learning_rate": 1e-4}, "x")
+    check_rerun(tmp_path, fixed)  # nothing to resume: the corrected command simply starts again
+    (tmp_path / "checkpoint-1").mkdir()
+    with pytest.raises(ConfigError, match=r"other settings \(learning_rate: 0.0 -> 0.0001\)"):
+        check_rerun(tmp_path, fixed)
