@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from perpo.logprobs import family
+
 logger = logging.getLogger(__name__)
 
 
@@ -112,8 +114,14 @@ def generate(
     # The prompt (image included) is encoded once per request and its KV cache copied to the request's n rows.
     input_ids = inputs["input_ids"].repeat_interleave(n, 0)  # [B*n, P]
     attention_mask = inputs["attention_mask"].repeat_interleave(n, 0)
+    own = family(model)
     prefill = {}
-    if n > 1:
+    if n > 1 and not own.copies_prompt_cache:  # every sample a full row: its images and text inputs repeated
+        picks = [image for image in range(len(images)) for _ in range(n)]
+        prefill = own.select_images({k: v for k, v in inputs.items() if k in own.image_inputs}, picks)
+        text = set(inputs) - set(own.image_inputs) - {"input_ids", "attention_mask"}  # e.g. mm_token_type_ids
+        prefill |= {k: inputs[k].repeat_interleave(n, 0) for k in text}
+    elif n > 1:
         # Positions as `generate` computes them for left-padded rows, so the copied cache is the one it would build.
         positions = (inputs["attention_mask"].cumsum(-1) - 1).clamp_min(0)
         prompt = {k: v[:, :-1] if k in ("input_ids", "attention_mask") else v for k, v in inputs.items()}

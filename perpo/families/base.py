@@ -23,6 +23,8 @@ class Family:
         image_inputs: the processor outputs that carry the images of a batch (moved to the model with the ids).
         per_image_pixels: each image is one fixed-size `pixel_values` row, whatever the batch: lists can be
             encoded once and cached (LLaVA-1.5). False when the processor pads or tiles per batch.
+        copies_prompt_cache: generation may encode a prompt once and copy its KV cache to its n samples (1-D
+            positions); False makes each sample a full row (positions the model derives from the whole batch).
     """
 
     model_type: str
@@ -31,6 +33,7 @@ class Family:
     language_model: str = "language_model"
     image_inputs: tuple[str, ...] = ("pixel_values",)
     per_image_pixels: bool = True
+    copies_prompt_cache: bool = True
 
     def transformers_class(self):
         import transformers

@@ -64,5 +64,6 @@ QWEN2_5_VL = register(
         projector="merger",
         image_inputs=("pixel_values", "image_grid_thw"),
         per_image_pixels=False,
+        copies_prompt_cache=False,
     )
 )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 
 from perpo.generation import GenerationRequest, GumbelSampler, _top_p_filter, generate, row_seed
 from perpo.modeling import load_model, load_processor
 from perpo.prompts import chat_prompt
+from perpo.tiny import FAMILIES, build_family
 
 
 def test_row_seeds_are_stable_and_distinct():
@@ -91,3 +93,17 @@ def test_greedy_is_deterministic_and_handles_text_only_rows(tiny_llava):
     second = generate(model, processor, _requests(processor, "bca"), max_new_tokens=5)
     assert [r[0] for r in first] == [second[2][0], second[0][0], second[1][0]]
     assert all(len(r) == 1 for r in first)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_samples_per_row_and_its_greedy_rows_agree(family, tiny_spec):
+    """Each family's tiny model: seeded samples do not depend on the batch, and n greedy rows equal one row."""
+    model, processor = build_family(family, tiny_spec)
+    model.eval()
+    kwargs = dict(n=3, temperature=0.5, max_new_tokens=5, seed=11)
+    together = generate(model, processor, _requests(processor, "abc"), **kwargs)
+    alone = [generate(model, processor, _requests(processor, k), **kwargs)[0] for k in "ca"]
+    assert [together[0], together[2]] == [alone[1], alone[0]]
+    greedy = generate(model, processor, _requests(processor, "abc"), n=2, max_new_tokens=5)
+    single = generate(model, processor, _requests(processor, "abc"), n=1, max_new_tokens=5)
+    assert [rows[0] for rows in greedy] == [rows[0] for rows in single] and all(a == b for a, b in greedy)
