@@ -151,6 +151,20 @@ def build_processor(spec: TinySpec = TinySpec()):
     )
 
 
+def _text_sizes(spec: TinySpec, vocab_size: int) -> dict:
+    """The language model's sizes, shared by every tiny family (untied embeddings, full key/value heads)."""
+    return dict(
+        vocab_size=max(vocab_size, spec.vocab_size),
+        hidden_size=spec.text_hidden,
+        intermediate_size=spec.text_intermediate,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_heads,
+        max_position_embeddings=spec.max_positions,
+        tie_word_embeddings=False,
+    )
+
+
 def build_config(spec: TinySpec = TinySpec()):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
@@ -166,17 +180,7 @@ def build_config(spec: TinySpec = TinySpec()):
         hidden_act="quick_gelu",
     )
     text = LlamaConfig(
-        vocab_size=max(len(vocab), spec.vocab_size),
-        hidden_size=spec.text_hidden,
-        intermediate_size=spec.text_intermediate,
-        num_hidden_layers=spec.text_layers,
-        num_attention_heads=spec.text_heads,
-        num_key_value_heads=spec.text_heads,
-        max_position_embeddings=spec.max_positions,
-        pad_token_id=vocab[PAD],
-        bos_token_id=vocab[BOS],
-        eos_token_id=vocab[EOS],
-        tie_word_embeddings=False,
+        **_text_sizes(spec, len(vocab)), pad_token_id=vocab[PAD], bos_token_id=vocab[BOS], eos_token_id=vocab[EOS]
     )
     return LlavaConfig(
         vision_config=vision,
@@ -241,18 +245,11 @@ def build_qwen2_5_vl(spec: TinySpec = TinySpec()):
     pixels = {"patch_size": spec.patch_size, "merge_size": 2, "temporal_patch_size": 2}
     config = transformers.Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=max(len(tokenizer), spec.vocab_size),
-            hidden_size=spec.text_hidden,
-            intermediate_size=spec.text_intermediate,
-            num_hidden_layers=spec.text_layers,
-            num_attention_heads=spec.text_heads,
-            num_key_value_heads=spec.text_heads,
-            max_position_embeddings=spec.max_positions,
+            **_text_sizes(spec, len(tokenizer)),
             rope_scaling={"type": "mrope", "mrope_section": [half - 2 * (half // 3), half // 3, half // 3]},
             pad_token_id=tokenizer.pad_token_id,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
-            tie_word_embeddings=False,
         ),
         vision_config=dict(
             depth=spec.vision_layers,
