@@ -567,6 +567,9 @@ LOSSES: dict[str, LossFn] = {
 }
 """Every training objective by its config name (``--loss``)."""
 
+LOSS_ON_ANSWERS: frozenset[str] = frozenset({"sft"})
+"""Losses that train on each list's ground-truth answer (its only response) instead of its N sampled responses."""
+
 LOSS_NEEDS_REFERENCE: frozenset[str] = frozenset(LOSSES) - {"sft"}
 """Losses that need reference-model log-probs; the trainer may skip the reference pass for the others."""
 

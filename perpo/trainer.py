@@ -33,7 +33,7 @@ from perpo.data.collate import ListCollator
 from perpo.families import family_of
 from perpo.io import write_json
 from perpo.logprobs import LAYOUTS, ListBatch, ReferenceMemo, family, sequence_logps
-from perpo.losses import LOSS_NEEDS_REFERENCE, LOSSES
+from perpo.losses import LOSS_NEEDS_REFERENCE, LOSS_ON_ANSWERS, LOSSES
 from perpo.modeling import DEFAULT_LORA_TARGETS
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class PerPOArguments:
             raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.reference == "adapter" and not self.use_lora:
             raise ConfigError("reference=adapter needs use_lora=true; use reference=copy or precomputed instead")
-        if self.loss != "sft" and self.n < 2:
+        if self.loss not in LOSS_ON_ANSWERS and self.n < 2:
             raise ConfigError(f"loss {self.loss} ranks responses: it needs n >= 2 responses per list")
 
 
@@ -202,12 +202,10 @@ class PerPOTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         a = self.perpo_args
-        batch: ListBatch = inputs["answer_batch"] if a.loss == "sft" else inputs["batch"]
+        batch: ListBatch = inputs["batch"]  # the collator built what the loss trains on (LOSS_ON_ANSWERS)
         policy_logps, lengths = self._logps(model, batch)  # [B, N]
         ref_logps = self.reference_logps(model, inputs)
         rewards, mask = inputs["rewards"], inputs["mask"]
-        if a.loss == "sft":
-            rewards, mask = torch.zeros_like(policy_logps), torch.ones_like(policy_logps, dtype=torch.bool)
         loss, stats = self.loss_fn(
             policy_logps, ref_logps, rewards.to(policy_logps.device), mask.to(policy_logps.device),
             lengths=lengths, beta=a.beta, gamma=a.gamma,
@@ -524,7 +522,7 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks:
     model.requires_grad_(False)
     model_family = family_of(model)
     collator = ListCollator(
-        processor, str(image_root), args.n, with_answers=args.loss == "sft",
+        processor, str(image_root), args.n, on_answers=args.loss in LOSS_ON_ANSWERS,
         cache=args.cache_inputs and model_family.per_image_pixels, image_inputs=model_family.image_inputs,
     )  # fmt: skip
 

@@ -86,7 +86,8 @@ class ListCollator:
         processor: the model's processor (its chat template formats the prompt).
         image_root: folder that relative `image` paths are resolved against.
         n: responses per list used for training (the first `n` of each record's responses).
-        with_answers: also build the ground-truth answers as one-response lists (for the SFT loss).
+        on_answers: the batch holds each list's ground-truth answer as its only response, reward 0, instead of its
+            N responses (losses in `perpo.losses.LOSS_ON_ANSWERS`: SFT).
         ref_logps: optional precomputed reference log-probs, id → N floats.
         cache: encode each list once and keep it (prompt ids, image tensor, response ids) for later epochs.
         cache_bytes: stop adding lists to the cache once their image tensors take this much memory.
@@ -99,7 +100,7 @@ class ListCollator:
         image_root,
         n: int,
         *,
-        with_answers: bool = False,
+        on_answers: bool = False,
         ref_logps: dict | None = None,
         cache: bool = False,
         cache_bytes: int = 1 << 30,
@@ -108,7 +109,7 @@ class ListCollator:
         self.processor = processor
         self.image_root = image_root
         self.n = n
-        self.with_answers = with_answers
+        self.on_answers = on_answers
         self.ref_logps = ref_logps
         self.cache = cache
         self.cache_bytes = cache_bytes
@@ -129,11 +130,15 @@ class ListCollator:
         prompt_ids, extra = encode_prompts(self.processor, prompts, images, self.image_inputs)
         has_image = [image is not None for image in images]
         tokenizer = self.processor.tokenizer
-        responses = [encode_responses(tokenizer, r["responses"][: self.n]) for r in records]
+        responses = [encode_responses(tokenizer, self._texts(r)) for r in records]
         return prompt_ids, extra, has_image, responses
 
+    def _texts(self, record: dict) -> list[str]:
+        """The responses a list trains on: its first N, or its answer alone."""
+        return [record["answer"]] if self.on_answers else record["responses"][: self.n]
+
     def _key(self, record: dict) -> tuple:
-        return str(record["image"] or ""), record["question"], tuple(record["responses"][: self.n])
+        return str(record["image"] or ""), record["question"], tuple(self._texts(record))
 
     def encode_cached(self, records: Sequence[dict]):
         """`encode`, from a per-list cache: each list is encoded once, later epochs only assemble the batch.
@@ -178,17 +183,14 @@ class ListCollator:
 
         encode = self.encode_cached if self.cache else self.encode
         prompt_ids, extra, has_image, responses = encode(records)
-        tokenizer = self.processor.tokenizer
         batch = ListBatch(prompt_ids=prompt_ids, response_ids=responses, images=extra, has_image=has_image)
+        rewards = [[0.0] if self.on_answers else r["rewards"][: self.n] for r in records]
         out = {
             "batch": batch,
-            "rewards": torch.tensor([r["rewards"][: self.n] for r in records], dtype=torch.float32),  # [B, N]
-            "mask": torch.ones(len(records), self.n, dtype=torch.bool),  # [B, N]; lists hold >= n (validated)
+            "rewards": torch.tensor(rewards, dtype=torch.float32),  # [B, N] (N = 1 on answers)
+            "mask": torch.ones(len(rewards), len(rewards[0]), dtype=torch.bool),  # lists hold >= n (validated)
             "ids": [r["id"] for r in records],
         }
-        if self.with_answers:
-            answers = encode_responses(tokenizer, [r["answer"] for r in records])
-            out["answer_batch"] = ListBatch(prompt_ids, [[a] for a in answers], extra, has_image)
         if self.ref_logps is not None:
             out["ref_logps"] = torch.tensor([self.ref_logps[r["id"]] for r in records], dtype=torch.float32)
         return out

@@ -40,9 +40,7 @@ def _same(a: dict, b: dict) -> None:
     assert a["batch"].images.keys() == b["batch"].images.keys()
     for key, value in a["batch"].images.items():
         assert torch.equal(value, b["batch"].images[key]), key
-    assert torch.equal(a["rewards"], b["rewards"]) and a["ids"] == b["ids"]
-    if "answer_batch" in a:
-        assert a["answer_batch"].response_ids == b["answer_batch"].response_ids
+    assert torch.equal(a["rewards"], b["rewards"]) and torch.equal(a["mask"], b["mask"]) and a["ids"] == b["ids"]
 
 
 def _epochs(records, plain, cached, epochs=3):
@@ -55,15 +53,31 @@ def _epochs(records, plain, cached, epochs=3):
             _same(plain(chunk), cached(chunk))
 
 
-def test_cached_batches_equal_fresh_ones_every_epoch(tiny_llava, synth_data):
+@pytest.mark.parametrize("on_answers", [False, True])
+def test_cached_batches_equal_fresh_ones_every_epoch(on_answers, tiny_llava, synth_data):
     from perpo.modeling import load_processor
 
     processor = load_processor(tiny_llava)
     records = _records(synth_data)
-    plain = ListCollator(processor, synth_data, N, with_answers=True)
-    cached = ListCollator(processor, synth_data, N, with_answers=True, cache=True)
+    plain = ListCollator(processor, synth_data, N, on_answers=on_answers)
+    cached = ListCollator(processor, synth_data, N, on_answers=on_answers, cache=True)
     _epochs(records, plain, cached)
     assert cached.cache and len(cached._encoded) == len(records)  # every list encoded once, then reused
+
+
+def test_on_answers_the_batch_is_each_lists_answer_alone_with_reward_0(tiny_llava, synth_data):
+    """What the SFT loss trains on, decided by the collator alone: [prompt][answer EOS], N = 1, reward 0."""
+    from perpo.data.collate import encode_responses
+    from perpo.modeling import load_processor
+
+    processor = load_processor(tiny_llava)
+    records = _records(synth_data)[:3]
+    answers = ListCollator(processor, synth_data, N, on_answers=True)(records)
+    lists = ListCollator(processor, synth_data, N)(records)
+    assert answers["batch"].prompt_ids == lists["batch"].prompt_ids
+    expected = encode_responses(processor.tokenizer, [r["answer"] for r in records])
+    assert answers["batch"].response_ids == [[a] for a in expected]
+    assert answers["rewards"].tolist() == [[0.0]] * 3 and answers["mask"].all() and answers["mask"].shape == (3, 1)
 
 
 def test_cache_stops_growing_at_its_memory_limit(tiny_llava, synth_data):
