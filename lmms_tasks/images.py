@@ -9,6 +9,7 @@ own `do_pad` or centre crop cannot move the frame the boxes are scored in.
 from __future__ import annotations
 
 from perpo.boxes import padding_offsets
+from perpo.io import load_image
 
 CLIP_MEAN_FILL: tuple[int, int, int] = (122, 116, 104)
 """LLaVA-1.5's padding colour: `tuple(int(x * 255) for x in CLIP image_mean)`."""
@@ -20,8 +21,7 @@ def open_image(image):
 
     if isinstance(image, Image.Image):
         return image.convert("RGB")
-    with Image.open(image) as opened:
-        return opened.convert("RGB")
+    return load_image(image)
 
 
 def expand2square(image, fill: tuple[int, int, int] = CLIP_MEAN_FILL):

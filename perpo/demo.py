@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from perpo.config import ConfigError, check_numbers, opt, save_resolved
+from reports.load import METHOD_LABELS
 
 logger = logging.getLogger(__name__)
 
@@ -352,14 +353,8 @@ def _run_demo(cfg: DemoConfig, out: Path) -> dict:
     return summary
 
 
-LABELS = {
-    "base": "base",
-    "sft": "+ SFT",
-    "dpo": "+ DPO",
-    "lipo": "+ LiPO-λ",
-    "listwise": "+ listwise",
-    "perpo": "+ PerPO",
-}
+LABELS = {method: label if method == "base" else f"+ {label}" for method, label in METHOD_LABELS.items()}
+"""Row label of each method's run: "base", "+ SFT", "+ PerPO", ... (as the report tables label rows)."""
 
 
 def evaluate_models(

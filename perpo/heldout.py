@@ -44,7 +44,8 @@ METRICS = ("ap50", "iou", "parse_fail")
 FLAT_FIELDS = ("id", "image", "expression", "bbox", "width", "height")
 
 
-def _number(value: Any) -> bool:
+def _is_number(value: Any) -> bool:
+    """Whether `value` is a finite int or float (a bool is not a number here)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -65,10 +66,10 @@ def _flat_row(obj: dict, root: Path, where: str) -> dict:
         if not isinstance(obj[field], str) or not obj[field].strip():
             raise fail(field, "must be a non-empty string")
     bbox = obj["bbox"]
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox) and min(bbox[2:]) >= 0):
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox) and min(bbox[2:]) >= 0):
         raise fail("bbox", f"must be a pixel box [x, y, w, h] of 4 finite numbers with w, h >= 0, got {bbox!r}")
     for field in ("width", "height"):
-        if not _number(obj[field]) or obj[field] <= 0:
+        if not _is_number(obj[field]) or obj[field] <= 0:
             raise fail(field, f"must be a positive number of pixels, got {obj[field]!r}")
     image = Path(obj["image"])
     return {

@@ -1,4 +1,4 @@
-"""Crash-safe file output: everything the project writes appears whole or not at all.
+"""Crash-safe file output: everything the project writes appears whole or not at all; and the file readers.
 
 A file or folder is built under a temporary name in the same directory and renamed into place, so a crash,
 Ctrl-C or a bad input never leaves a half-written result where a later step would trust it.
@@ -13,7 +13,10 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def _umask() -> int:
@@ -93,3 +96,11 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from err
     return rows
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file as RGB, fully read (so the file handle is closed at once)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")

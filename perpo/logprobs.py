@@ -41,15 +41,9 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from perpo.data.collate import pad_right
+
 LAYOUTS = ("naive", "shared", "tree")
-
-
-def _right_pad(seqs: list[list[int]], width: int, value: int) -> torch.Tensor:
-    """[len(seqs), width] long tensor: each sequence left-aligned, the rest `value`."""
-    out = torch.full((len(seqs), width), value, dtype=torch.long)
-    for i, seq in enumerate(seqs):
-        out[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return out
 
 
 @dataclass
@@ -154,12 +148,8 @@ def naive_rows(batch: ListBatch, pad_id: int) -> tuple[Tensor, Tensor, Tensor, l
             rows.append(prompt + response)
             starts.append(len(prompt))
             owners.append((b, k))
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
-        input_ids[r, : len(row)] = torch.tensor(row)
-        attention_mask[r, : len(row)] = 1
+    input_ids = pad_right(rows, pad_id)
+    attention_mask = pad_right([[1] * len(row) for row in rows], 0)
     return input_ids, attention_mask, torch.tensor(starts), owners
 
 
@@ -259,16 +249,15 @@ def shared_rows(batch: ListBatch, pad_id: int, pack: int = 1, prompt_positions=N
         segments.append(seg)
         branches.append(br)
         owners.append([lists[s] for s in seg])
-    width = max(len(r) for r in rows)
-    position_ids = _right_pad(positions, width, 0)
+    position_ids = pad_right(positions, 0)
     if prompt_positions is not None:
-        position_ids = _mrope(position_ids, _right_pad(owners, width, -1), prompt_positions)
+        position_ids = _mrope(position_ids, pad_right(owners, -1), prompt_positions)
 
     return SharedRows(
-        input_ids=_right_pad(rows, width, pad_id),
+        input_ids=pad_right(rows, pad_id),
         position_ids=position_ids,
-        segment=_right_pad(segments, width, -1),
-        branch=_right_pad(branches, width, -2),
+        segment=pad_right(segments, -1),
+        branch=pad_right(branches, -2),
         predict_row=torch.tensor(predict_row),
         predict_pos=torch.tensor(predict_pos),
         target_ids=torch.tensor(target_ids),
@@ -499,16 +488,15 @@ def tree_rows(batch: ListBatch, pad_id: int, pack: int = 1, prompt_positions=Non
         segments.append(seg)
         ends.append(end)
         owners.append([lists[s] for s in seg])
-    width = max(len(r) for r in rows)
-    position_ids = _right_pad(positions, width, 0)
+    position_ids = pad_right(positions, 0)
     if prompt_positions is not None:
-        position_ids = _mrope(position_ids, _right_pad(owners, width, -1), prompt_positions)
+        position_ids = _mrope(position_ids, pad_right(owners, -1), prompt_positions)
 
     return TreeRows(
-        input_ids=_right_pad(rows, width, pad_id),
+        input_ids=pad_right(rows, pad_id),
         position_ids=position_ids,
-        segment=_right_pad(segments, width, -1),
-        end=_right_pad(ends, width, 0),
+        segment=pad_right(segments, -1),
+        end=pad_right(ends, 0),
         predict_row=torch.tensor(predict_row, dtype=torch.long),
         predict_pos=torch.tensor(predict_pos, dtype=torch.long),
         target_ids=torch.tensor(target_ids, dtype=torch.long),

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from perpo.boxes import gt_box_in_frame
-from perpo.data.collate import load_image
 from perpo.generation import GenerationRequest, generate
+from perpo.io import load_image
 from perpo.metrics.grounding import grounding_metrics
 from perpo.prompts import chat_prompt, grounding_question
 

@@ -151,8 +151,8 @@ class HFBackend:
         max_new_tokens: int,
         seed: int,
     ) -> list[list[str]]:
-        from perpo.data.collate import load_image
         from perpo.generation import GenerationRequest, generate
+        from perpo.io import load_image
         from perpo.prompts import chat_prompt
 
         batch = [

@@ -21,8 +21,8 @@ import torch
 
 from perpo.boxes import FRAMES, format_box, gt_box_in_frame
 from perpo.config import ConfigError, check_numbers, opt
-from perpo.data.collate import load_image, sft_batch
-from perpo.io import atomic_dir, read_jsonl, write_json
+from perpo.data.collate import sft_batch
+from perpo.io import atomic_dir, load_image, read_jsonl, write_json
 from perpo.prompts import chat_prompt, grounding_question
 from perpo.quickeval import evaluate_grounding
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from perpo.io import atomic_open
+from perpo.io import atomic_open, load_image
 from reports.load import Problem, ResultSet, Run
 
 if TYPE_CHECKING:
@@ -271,8 +271,7 @@ def _canvas(row: pd.Series, path: Path | None) -> Image.Image:
 
     width, height = int(row.get("width") or 64), int(row.get("height") or 64)
     if path is not None:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
+        image = load_image(path)
     else:
         image = Image.new("RGB", (width, height), (200, 200, 200))
     if row.get("frame") == "padded":  # LLaVA-1.5's square, as the model saw it and as the boxes are normalised

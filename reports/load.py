@@ -373,7 +373,7 @@ def run_metadata(folder: Path, results: dict) -> tuple[dict[str, Any], list[str]
     else:
         model, adapter = model_args.get("pretrained") or results.get("model_name"), model_args.get("adapter")
         seed = model_args.get("seed", config.get("random_seed"))
-    meta: dict[str, Any] = {"model": model, "adapter": adapter, "seed": _number(seed), "method": "base"}
+    meta: dict[str, Any] = {"model": model, "adapter": adapter, "seed": parse_number(seed), "method": "base"}
     trained_from = None
     adapter_dir = _resolve(adapter)
     model_dir = _resolve(model)
@@ -395,7 +395,8 @@ def run_metadata(folder: Path, results: dict) -> tuple[dict[str, Any], list[str]
     return meta, notes
 
 
-def _number(value: Any) -> Any:
+def parse_number(value: Any) -> Any:
+    """A string as an int, else a float, else as given; any other value as given."""
     if isinstance(value, str):
         try:
             return int(value)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +19,22 @@ def _cell(value: object, digits: int) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def markdown_table(header: Sequence[str], right_aligned: Sequence[bool], rows: Iterable[Sequence[str]]) -> str:
+    """A GitHub Markdown table of already formatted (and escaped) cell texts.
+
+    Args:
+        header: The column names.
+        right_aligned: Per column, True for a right-aligned (number) column, False for a left-aligned one.
+        rows: The cell texts, row by row.
+    """
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join("---:" if right else ":---" for right in right_aligned) + " |",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def frame_to_markdown(frame: pd.DataFrame, digits: Mapping[str, int] | int = 4) -> str:
     """A DataFrame as a GitHub Markdown table: numbers right-aligned with `digits` decimals, "–" for NaN/None.
 
@@ -28,17 +44,14 @@ def frame_to_markdown(frame: pd.DataFrame, digits: Mapping[str, int] | int = 4) 
     """
     columns = list(frame.columns)
     numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]) for c in columns]
-    lines = [
-        "| " + " | ".join(str(c) for c in columns) + " |",
-        "| " + " | ".join("---:" if n else ":---" for n in numeric) + " |",
-    ]
+    rows = []
     for row in frame.itertuples(index=False):
         cells = []
         for column, value in zip(columns, row, strict=True):
             d = digits.get(column, 4) if isinstance(digits, Mapping) else digits
             cells.append(_cell(value, d))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return markdown_table([str(c) for c in columns], numeric, rows)
 
 
 def write_text(path: str | Path, text: str) -> Path:

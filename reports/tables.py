@@ -28,13 +28,13 @@ import io
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from perpo.config import ConfigError
 from reports.catalog import load_spec
-from reports.load import METHOD_LABELS, METHOD_ORDER, Problem, ResultSet
+from reports.load import METHOD_LABELS, METHOD_ORDER, Problem, ResultSet, parse_number
+from reports.markdown import markdown_table
 
 MISSING = "–"
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.csv")
@@ -102,11 +102,9 @@ class Table:
 
     def to_markdown(self) -> str:
         """GitHub Markdown: one header row, labels left-aligned, numbers right-aligned, marks as ** and <u>."""
-        align = [":---" if cell.is_label else "---:" for cell in self.rows[0]] if self.rows else []
-        lines = ["| " + " | ".join(self.header) + " |", "| " + " | ".join(align) + " |"]
-        for row in self.rows:
-            lines.append("| " + " | ".join(_markdown_cell(cell) for cell in row) + " |")
-        return "\n".join(lines) + "\n"
+        right_aligned = [not cell.is_label for cell in self.rows[0]] if self.rows else []
+        rows = [[_markdown_cell(cell) for cell in row] for row in self.rows]
+        return markdown_table(self.header, right_aligned, rows)
 
     def to_latex(self) -> str:
         """A booktabs `tabular`: a grouped header row where columns have groups, a rule between blocks."""
@@ -345,7 +343,7 @@ def cells_from_paper(spec: TableSpec, paper: pd.DataFrame | None = None) -> pd.D
             label = record.model if record.method == "base" else f"+ {_method_label(record.method)}"
             row: tuple = ()
         else:
-            row = tuple(_number(v) for v in str(record.row).split("/"))
+            row = tuple(parse_number(v) for v in str(record.row).split("/"))
             label = str(record.row)
         rows.append(
             {
@@ -359,16 +357,6 @@ def cells_from_paper(spec: TableSpec, paper: pd.DataFrame | None = None) -> pd.D
             }
         )
     return pd.DataFrame(rows, columns=CELL_COLUMNS)
-
-
-def _number(text: str) -> Any:
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            return text
 
 
 # ---------------------------------------------------------------------------------------------- layout

@@ -38,10 +38,10 @@ import numpy as np
 from perpo.config import ConfigError
 from perpo.demo import METHODS, DemoConfig, train_method
 from perpo.io import atomic_open, read_jsonl, write_json
+from reports.load import METHOD_LABELS
 
 NS = (2, 4, 8, 20)
 QUICK_NS = (2, 4)
-LABELS = {"base": "base", "sft": "SFT", "dpo": "DPO", "lipo": "LiPO-λ", "listwise": "listwise", "perpo": "PerPO"}
 
 
 def demo_config(demo: Path) -> DemoConfig:
@@ -97,7 +97,7 @@ def table(study: dict, split: str, methods: list[str]) -> str:
     base = find(study, split, None, "base")
     ns = sorted({c["n"] for c in cells if c["n"] is not None})
     diff = "dpo" in methods and "perpo" in methods
-    header = ["N", *(f"{LABELS.get(m, m)} AP@50" for m in methods)] + (["PerPO − DPO"] if diff else [])
+    header = ["N", *(f"{METHOD_LABELS.get(m, m)} AP@50" for m in methods)] + (["PerPO − DPO"] if diff else [])
     header.append("lists ranked")
     caption = f"Greedy AP@50 (%) on the {split} split ({cells[0]['rows'] if cells else 0} expressions)"
     caption += f"; the base model: {100 * base['ap50']:.1f}." if base else "."
@@ -127,7 +127,7 @@ def figure(study: dict, split: str, methods: list[str], path: Path) -> Path:
         points = [(n, find(study, split, n, method)) for n in ns]
         points = [(n, 100 * c["ap50"]) for n, c in points if c]
         if points:
-            ax.plot(*zip(*points, strict=True), marker="o", label=LABELS.get(method, method))
+            ax.plot(*zip(*points, strict=True), marker="o", label=METHOD_LABELS.get(method, method))
     base = find(study, split, None, "base")
     if base:
         ax.axhline(100 * base["ap50"], linestyle="--", color="grey", label="base")

@@ -42,6 +42,7 @@ from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from tqdm import tqdm
 
 from perpo.generation import GenerationRequest, generate
+from perpo.io import load_image
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +183,7 @@ class PerpoLlava(lmms):
                 elif kind == "image":
                     image = item["url"]
                     if not isinstance(image, Image.Image):
-                        with Image.open(image) as opened:
-                            image = opened.convert("RGB")
+                        image = load_image(image)
                     images.append(image)
                     items.append({"type": "image"})
                 else:

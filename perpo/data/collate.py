@@ -10,17 +10,11 @@ from collections.abc import Sequence
 
 import torch
 
+from perpo.io import load_image
+
 IGNORE_INDEX = -100
 # Processor outputs that carry images, for every family (a model's own: `perpo.families.Family.image_inputs`).
 IMAGE_INPUTS = ("pixel_values", "image_sizes", "image_grid_thw")
-
-
-def load_image(path):
-    """Open an image as RGB, fully read (so the file handle is closed at once)."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")
 
 
 def encode_prompts(
@@ -51,6 +45,7 @@ def encode_responses(tokenizer, responses: Sequence[str]) -> list[list[int]]:
 
 
 def pad_right(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    """[len(rows), max row length] long tensor: each row left-aligned, the rest `value`."""
     width = max(len(row) for row in rows)
     out = torch.full((len(rows), width), value, dtype=torch.long)
     for i, row in enumerate(rows):

@@ -67,8 +67,7 @@ def test_prompt_cache_shared_by_n_samples_gives_what_one_sample_alone_gives(base
     Run on the warmed-up model (peaked logits, so a wrong position would change the answers) with expressions of
     different lengths, so rows are left-padded by different amounts and a text-only row joins the batch.
     """
-    from perpo.data.collate import load_image
-    from perpo.io import read_jsonl
+    from perpo.io import load_image, read_jsonl
     from perpo.prompts import grounding_question
 
     model, processor = load_model(base_model_asset, dtype="float32"), load_processor(base_model_asset)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from perpo.io import atomic_dir, atomic_open, read_jsonl, write_jsonl
+from perpo.io import atomic_dir, atomic_open, load_image, read_jsonl, write_jsonl
 
 
 def test_atomic_dir_keeps_old_content_when_the_block_fails(tmp_path):
@@ -32,3 +32,13 @@ def test_jsonl_round_trip_and_error_names_the_line(tmp_path):
     path.write_text('{"ok": 1}\n{broken\n')
     with pytest.raises(ValueError, match=r"rows.jsonl:2: not valid JSON"):
         read_jsonl(path)
+
+
+def test_load_image_is_rgb_and_fully_read(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "grey.png"
+    Image.new("L", (3, 2), 7).save(path)
+    image = load_image(path)
+    path.unlink()  # the pixels are already in memory
+    assert image.mode == "RGB" and image.size == (3, 2) and image.getpixel((2, 1)) == (7, 7, 7)
