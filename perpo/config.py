@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 BOUNDS = {"gt": (operator.gt, ">"), "ge": (operator.ge, ">="), "lt": (operator.lt, "<"), "le": (operator.le, "<=")}
-
-
 _FIELD_BOUNDS: dict[dataclasses.Field, dict[str, float]] = {}  # not in `metadata`: argparse gets all of that
 
 
@@ -57,9 +55,9 @@ def check_numbers(config: Any) -> None:
         bounds = list(_FIELD_BOUNDS.get(field, {}).items())
         if math.isfinite(value) and all(BOUNDS[key][0](value, bound) for key, bound in bounds):
             continue
-        wanted = " and ".join(f"{BOUNDS[key][1]} {bound:g}" for key, bound in bounds)
-        wanted = " ".join(["a finite number"] * isinstance(value, float) + [wanted] * bool(wanted))
-        raise ConfigError(f"--{field.name} must be {wanted}, got {value!r}")
+        limits = " and ".join(f"{BOUNDS[key][1]} {bound:g}" for key, bound in bounds)
+        kind = "a finite number" if isinstance(value, float) else ""
+        raise ConfigError(f"--{field.name} must be {' '.join(filter(None, (kind, limits)))}, got {value!r}")
 
 
 class ConfigError(ValueError):
@@ -191,4 +189,4 @@ def save_resolved(out_dir: str | Path, name: str, *configs: Any, extra: dict | N
 
     payload = {type(c).__name__: dataclasses.asdict(c) for c in configs} | (extra or {})
     payload["meta"] = run_metadata()
-    return write_json(Path(out_dir) / f"{name}.json", json.loads(json.dumps(payload, default=str)))
+    return write_json(Path(out_dir) / f"{name}.json", jsonable(payload))

@@ -30,7 +30,6 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from perpo.config import ConfigError, check_numbers, opt
 from perpo.data.collate import ListCollator
-from perpo.families import family_of
 from perpo.io import write_json
 from perpo.logprobs import LAYOUTS, ListBatch, ReferenceMemo, family, sequence_logps
 from perpo.losses import LOSS_NEEDS_REFERENCE, LOSS_ON_ANSWERS, LOSSES
@@ -222,7 +221,7 @@ class PerPOTrainer(Trainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the loss statistics (NaN-aware means since the last log), throughput and peak memory."""
-        norm = logs.get("grad_norm")  # under DeepSpeed the gradients are not ours to check: its norm is
+        norm = logs.get("grad_norm")  # the check that also holds under DeepSpeed, whose gradients the callback misses
         if norm is not None and not math.isfinite(float(norm)):
             raise self.diverged(f"the gradient norm is {float(norm)}")
         if "loss" in logs:
@@ -520,7 +519,7 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks:
     model.train()
     disable_dropout(model)
     model.requires_grad_(False)
-    model_family = family_of(model)
+    model_family = family(model)
     collator = ListCollator(
         processor, str(image_root), args.n, on_answers=args.loss in LOSS_ON_ANSWERS,
         cache=args.cache_inputs and model_family.per_image_pixels, image_inputs=model_family.image_inputs,
