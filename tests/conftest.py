@@ -60,6 +60,26 @@ def tiny_llava(tmp_path_factory, tiny_spec) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_of(tmp_path_factory, tiny_spec):
+    """`tiny_model_of(family)`: the test-size tiny model of a family (perpo.tiny.FAMILIES) saved with
+    save_pretrained (model + processor), built once per session."""
+    from perpo.tiny import build_family
+
+    saved: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in saved:
+            model, processor = build_family(family, tiny_spec)
+            out = tmp_path_factory.mktemp("models") / f"tiny_{family}"
+            model.save_pretrained(out)
+            processor.save_pretrained(out)
+            saved[family] = out
+        return saved[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def base_model_asset() -> Path:
     """The committed warmed-up tiny LLaVA (the demo's base model)."""
     from perpo.demo import ASSET

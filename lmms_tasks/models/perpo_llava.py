@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from perpo.generation import GenerationRequest, generate
 from perpo.io import load_image
+from perpo.logprobs import family
 
 logger = logging.getLogger(__name__)
 
@@ -309,6 +310,7 @@ class PerpoLlava(lmms):
             prompt_len = inputs["input_ids"].shape[1]
             inputs["input_ids"] = torch.cat([inputs["input_ids"], target], dim=1)
             inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+            inputs |= family(self.model).text_inputs(self.model.config, inputs["input_ids"])  # e.g. Qwen's token types
             logits = self.model(**inputs).logits[0, prompt_len - 1 : -1].float()  # the positions predicting target
             logps = torch.log_softmax(logits, dim=-1).gather(-1, target[0, :, None]).squeeze(-1)
             results.append((float(logps.sum()), bool((logits.argmax(-1) == target[0]).all())))

@@ -271,15 +271,8 @@ def test_a_bad_image_fails_before_the_model_loads(image, tiny_llava, listwise_da
 
 
 @pytest.fixture(scope="module")
-def tiny_qwen(tmp_path_factory, tiny_spec) -> Path:
-    """The test-size tiny Qwen2.5-VL (random weights) saved with save_pretrained (model + processor)."""
-    from perpo.tiny import build_family
-
-    model, processor = build_family("qwen2_5_vl", tiny_spec)
-    out = tmp_path_factory.mktemp("models") / "tiny_qwen2_5_vl"
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+def tiny_qwen(tiny_model_of) -> Path:
+    return tiny_model_of("qwen2_5_vl")
 
 
 def test_qwen2_5_vl_trains_through_the_trainer_and_its_reference_memo_is_exact(tiny_qwen, listwise_data, tmp_path):

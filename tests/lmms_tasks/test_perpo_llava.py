@@ -8,6 +8,7 @@ from lmms_eval.api.instance import Instance
 from PIL import Image
 
 from lmms_tasks.models.perpo_llava import PerpoLlava, truncate_at_stops
+from perpo.tiny import FAMILIES
 
 GREEDY = {"max_new_tokens": 6, "temperature": 0.0, "do_sample": False, "until": []}
 SAMPLED = {"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0, "do_sample": True, "until": []}
@@ -149,6 +150,21 @@ def test_loglikelihood_of_a_longer_continuation_adds_its_tokens(lm):
         [loglikelihood_request(0, "red"), loglikelihood_request(0, "red circle")]
     )
     assert two < one <= 0.0 and isinstance(greedy, bool)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_batches_exactly_and_scores_continuations(family, tiny_model_of):
+    """The wrapper on each family's tiny model: batched greedy answers equal one-at-a-time ones (images of
+    different sizes and a document without one), and a longer continuation adds its tokens' log-probs."""
+    path = tiny_model_of(family)
+    batched = make(path, batch_size=4).generate_until([request(i, GREEDY) for i in range(5)])
+    single = make(path, batch_size=1)
+    assert batched == [single.generate_until([request(i, GREEDY)])[0] for i in range(5)]
+    for doc_id in (0, 4):
+        (one, _), (two, _) = single.loglikelihood(
+            [loglikelihood_request(doc_id, "red"), loglikelihood_request(doc_id, "red circle")]
+        )
+        assert two < one <= 0.0
 
 
 def test_multi_round_follows_the_task_protocol(lm):
