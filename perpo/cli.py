@@ -423,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"perpo: unknown command {name!r}\n\n{_usage()}", end="", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("numexpr").setLevel(logging.WARNING)  # its "defaulting to N threads" on every pandas import
     from perpo.config import ConfigError
 
     try:
