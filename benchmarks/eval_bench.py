@@ -50,8 +50,8 @@ def machine(device: str, threads: int) -> str:
 def prepare(work: Path, docs: int, model: Path | None) -> Path:
     """Write the synthetic data (and point PERPO_SYNTH_DIR at it); return the model to benchmark: `model`, else the
     warmed-up asset when present, else a freshly built tiny LLaVA (the embedded default's size)."""
-    from perpo.data.synth import SynthSpec, build_synth
-    from perpo.tiny import TinySpec, save_tiny_model
+    from perpo.embedded.synth import SynthSpec, build_synth
+    from perpo.embedded.tiny import TinySpec, save_tiny_model
 
     build_synth(work / "synth", seed=0, spec=SynthSpec(counts={"val": docs}), progress=False)
     os.environ["PERPO_SYNTH_DIR"] = str(work / "synth")

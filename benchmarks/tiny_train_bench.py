@@ -60,7 +60,7 @@ PATHS = {
     "today": dict(layout="shared", cache_reference=False, cache_inputs=False, fuse_lora=False),
     "fast": dict(layout="tree", cache_reference=True, cache_inputs=True, fuse_lora=True),
 }
-# The demo's PerPO training (perpo/demo.py: DemoConfig, train_method).
+# The demo's PerPO training (perpo/embedded/demo.py: DemoConfig, train_method).
 DEMO = dict(loss="perpo", beta=0.5, gamma=0.5, lora_r=32, lora_alpha=64, lr=1e-4, batch_size=8, epochs=3)
 
 
@@ -74,7 +74,7 @@ def build_lists(work: Path, responses: str, n: int, instructions: int, seed: int
     if lists.is_file():
         return lists
     from perpo.data import sources
-    from perpo.data.synth import SynthSpec, build_synth
+    from perpo.embedded.synth import SynthSpec, build_synth
 
     data = build_synth(
         work / "synth", seed=0, spec=SynthSpec(counts={"train": 400, "val": 8, "test": 8}), progress=False
@@ -83,7 +83,7 @@ def build_lists(work: Path, responses: str, n: int, instructions: int, seed: int
     out.mkdir(parents=True, exist_ok=True)
     if responses == "sampled":
         from perpo.data.build import BuildDataConfig, run_build_data
-        from perpo.demo import ASSET
+        from perpo.embedded.demo import ASSET
         from perpo.sampling import SampleConfig, run_sample
 
         sources.write_records(out / "instructions.jsonl", picked)
@@ -119,7 +119,7 @@ def build_lists(work: Path, responses: str, n: int, instructions: int, seed: int
 
 
 def perpo_args(path: str, lists: Path, n: int, max_lists: int):
-    from perpo.demo import ASSET
+    from perpo.embedded.demo import ASSET
     from perpo.trainer import PerPOArguments
 
     return PerPOArguments(
@@ -217,7 +217,7 @@ def check_equal(lists: Path, n: int, batches: int = 2) -> dict:
 
     from perpo.data.collate import ListCollator
     from perpo.data.schema import load_records
-    from perpo.demo import ASSET
+    from perpo.embedded.demo import ASSET
     from perpo.modeling import apply_lora, disable_dropout, fuse_lora, load_model, load_processor
     from perpo.trainer import ListDataset, PerPOTrainer
 
@@ -288,7 +288,7 @@ def layout_stats(lists: Path, n: int, max_lists: int) -> dict:
     """Tokens per step of both layouts (the tree's share of response tokens)."""
     from perpo.data.collate import ListCollator
     from perpo.data.schema import load_records
-    from perpo.demo import ASSET
+    from perpo.embedded.demo import ASSET
     from perpo.logprobs import shared_rows, tree_rows
     from perpo.modeling import load_processor
 

@@ -159,7 +159,7 @@ def build_llava(spec, device: str, dtype, attn: str):
     import torch
     from transformers import LlavaForConditionalGeneration
 
-    from perpo.tiny import build_config
+    from perpo.embedded.tiny import build_config
 
     torch.manual_seed(spec.seed)
     with torch.device(device):
@@ -172,7 +172,7 @@ def parameter_counts(spec) -> dict:
     import torch
     from transformers import LlavaForConditionalGeneration
 
-    from perpo.tiny import build_config
+    from perpo.embedded.tiny import build_config
 
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(build_config(spec))
@@ -330,7 +330,7 @@ def setup_worker(cfg: dict):
     """Set the worker's torch threads; return its spec, processor and dtype."""
     import torch
 
-    from perpo.tiny import TinySpec, build_processor
+    from perpo.embedded.tiny import TinySpec, build_processor
 
     torch.set_num_threads(cfg["threads"])
     spec = TinySpec(**cfg["spec"])
@@ -807,7 +807,7 @@ def print_pairs(results: list[dict]) -> None:
 
 
 def parse_spec_overrides(items: list[str]) -> dict:
-    from perpo.tiny import TinySpec
+    from perpo.embedded.tiny import TinySpec
 
     names = {f.name for f in fields(TinySpec)}
     out = {}
@@ -871,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
         return 0
 
-    from perpo.tiny import TinySpec
+    from perpo.embedded.tiny import TinySpec
 
     isolation = args.isolation or ("spawn" if args.device.startswith("cuda") else "fork")
     size = "quick" if args.quick else args.size

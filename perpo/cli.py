@@ -39,7 +39,7 @@ def _setup(argv: list[str]) -> int:
 
 
 def _tiny_model(argv: list[str]) -> int:
-    from perpo.tiny import TinySpec
+    from perpo.embedded.tiny import TinySpec
 
     defaults = TinySpec()
     parser = argparse.ArgumentParser(
@@ -53,7 +53,7 @@ def _tiny_model(argv: list[str]) -> int:
         kind = int_at_least(low) if low is not None else int
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value, help=f"(default {value})")
     args = parser.parse_args(argv)
-    from perpo.tiny import save_tiny_model
+    from perpo.embedded.tiny import save_tiny_model
 
     spec = TinySpec(**{k: getattr(args, k) for k in vars(defaults)})
     out = save_tiny_model(args.out, spec)
@@ -79,7 +79,7 @@ def _add_synth_parser(sub) -> None:
 
 
 def _synth_data(args, parser) -> int:
-    from perpo.data.synth import SynthSpec, build_synth
+    from perpo.embedded.synth import SynthSpec, build_synth
 
     counts = {"train": args.train, "val": args.val, "test": args.test}
     spec = SynthSpec(width=args.size, height=args.size, counts=counts)
@@ -127,7 +127,7 @@ def _refcoco_data(args, parser) -> int:
 
 def _warmup(argv: list[str]) -> int:
     from perpo.config import parse_command
-    from perpo.warmup import WarmupConfig, run_warmup
+    from perpo.embedded.warmup import WarmupConfig, run_warmup
 
     (cfg,) = parse_command(
         [WarmupConfig],
@@ -146,7 +146,7 @@ def _warmup(argv: list[str]) -> int:
 
 def _demo(argv: list[str]) -> int:
     from perpo.config import parse_command
-    from perpo.demo import DemoConfig, run_demo
+    from perpo.embedded.demo import DemoConfig, run_demo
 
     (cfg,) = parse_command(
         [DemoConfig],

@@ -2,7 +2,7 @@
 
     python scripts/demo_search.py --out runs/demo_search [--lrs 3e-5 1e-4] [--betas 0.1 0.5 2.0] [--seed 0] [--quick]
 
-Runs the demo's own stages (`perpo.demo`: the seed-0 synthetic benchmark, the committed base model, N = 20
+Runs the demo's own stages (`perpo.embedded.demo`: the seed-0 synthetic benchmark, the committed base model, N = 20
 samples at T = 0.5, the IoU margin filter), then trains every method once per learning rate with the demo's
 budget (same lists, epochs, batch size, LoRA) and scores greedy AP@50 on the val split in-process
 (`perpo.quickeval`). Every method gets the same number of trials: the preference losses (DPO, LiPO-λ, PerPO) one
@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from perpo.demo import METHODS, DemoConfig, build_lists, prepare_base, sample_lists, train_method
+from perpo.embedded.demo import METHODS, DemoConfig, build_lists, prepare_base, sample_lists, train_method
 from perpo.io import read_jsonl, write_json
 from perpo.modeling import load_model, load_processor
 from perpo.quickeval import evaluate_grounding

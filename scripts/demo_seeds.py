@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from perpo.demo import LABELS
+from perpo.embedded.demo import LABELS
 from perpo.io import atomic_open, write_json
 from reports.load import METHOD_ORDER, RunSpec, load_results
 

@@ -5,7 +5,7 @@
     python scripts/demo_study_n.py runs/demo --split test       # once, at the end of the study
 
 For every N and method, trains from the demo's base model on the demo's kept lists (`<demo>/lists/train.jsonl`)
-with the demo's own training function and settings (`perpo.demo.train_method`, the DemoConfig saved in
+with the demo's own training function and settings (`perpo.embedded.demo.train_method`, the DemoConfig saved in
 `<demo>/demo_config.json`: learning rate and β per method, epochs, batch size, LoRA, seed), changing only N: each
 list is cut to its first N responses (the sampling order, so a random subset of the N = 20 samples, not the best
 ones). The lists are the same for every N, so every cell takes the same number of optimizer steps; they are not
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from perpo.config import ConfigError
-from perpo.demo import METHODS, DemoConfig, train_method
+from perpo.embedded.demo import METHODS, DemoConfig, train_method
 from perpo.io import atomic_open, read_jsonl, write_json
 from reports.load import METHOD_LABELS
 

@@ -46,7 +46,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_spec():
-    from perpo.tiny import TinySpec
+    from perpo.embedded.tiny import TinySpec
 
     return TinySpec(**TEST_SPEC_KWARGS)
 
@@ -54,16 +54,16 @@ def tiny_spec():
 @pytest.fixture(scope="session")
 def tiny_llava(tmp_path_factory, tiny_spec) -> Path:
     """A randomly initialised test-size tiny LLaVA saved with save_pretrained (model + processor)."""
-    from perpo.tiny import save_tiny_model
+    from perpo.embedded.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny_llava", tiny_spec)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_of(tmp_path_factory, tiny_spec):
-    """`tiny_model_of(family)`: the test-size tiny model of a family (perpo.tiny.FAMILIES) saved with
+    """`tiny_model_of(family)`: the test-size tiny model of a family (perpo.embedded.tiny.FAMILIES) saved with
     save_pretrained (model + processor), built once per session."""
-    from perpo.tiny import build_family
+    from perpo.embedded.tiny import build_family
 
     saved: dict[str, Path] = {}
 
@@ -82,7 +82,7 @@ def tiny_model_of(tmp_path_factory, tiny_spec):
 @pytest.fixture(scope="session")
 def base_model_asset() -> Path:
     """The committed warmed-up tiny LLaVA (the demo's base model)."""
-    from perpo.demo import ASSET
+    from perpo.embedded.demo import ASSET
 
     assert (ASSET / "model.safetensors").is_file(), f"missing asset {ASSET}"
     return ASSET
@@ -91,7 +91,7 @@ def base_model_asset() -> Path:
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory) -> Path:
     """A small synthetic grounding benchmark (64x64 scenes; 40 train, 12 val, 12 test)."""
-    from perpo.data.synth import SynthSpec, build_synth
+    from perpo.embedded.synth import SynthSpec, build_synth
 
     spec = SynthSpec(counts={"train": 40, "val": 12, "test": 12})
     return build_synth(tmp_path_factory.mktemp("data") / "synth", seed=0, spec=spec, progress=False)

@@ -7,7 +7,7 @@ not 1-D. Sampling, collation, log-probs, the trainer and the lmms-eval wrapper a
 (`family_of`) instead of testing model types.
 
 Adding a family is one module here that defines a `Family` (or a subclass, as `qwen2_5_vl.py`) and registers it,
-plus a tiny model of it in `perpo/tiny.py` that the family-parametrised tests run on.
+plus a tiny model of it in `perpo/embedded/tiny.py` that the family-parametrised tests run on.
 """
 
 from __future__ import annotations

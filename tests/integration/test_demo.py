@@ -59,7 +59,7 @@ def test_quick_demo_runs_every_stage_and_writes_every_artefact(tmp_path, base_mo
 
     # a quiet console: no trainer dicts, no library logging (in logs/demo.log instead); the stages and summaries stay
     log = (out / "logs" / "demo.log").read_text()
-    assert "perpo.data.synth" in log and "perpo.evaluation: running" in log
+    assert "perpo.embedded.synth" in log and "perpo.evaluation: running" in log
     assert "{'loss'" not in printed and "{'train_runtime'" not in printed and "[WARNING]" not in printed
     assert "perpo.evaluation" not in done.stderr and "Setting accelerator to CPU" not in printed + done.stderr
 

@@ -59,10 +59,10 @@ def test_llava15_7b_lora_r128_trains_in_bf16():
     from PIL import Image
     from transformers import LlavaForConditionalGeneration
 
+    from perpo.embedded.tiny import TinySpec, build_config, build_processor
     from perpo.logprobs import ListBatch, sequence_logps
     from perpo.losses import LOSSES
     from perpo.modeling import apply_lora, disable_dropout
-    from perpo.tiny import TinySpec, build_config, build_processor
 
     n, length, device = 20, 20, "cuda"
     spec = TinySpec(**LLAVA15_7B)

@@ -128,7 +128,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_llava, synth_data,
 
 def test_end_to_end_spread_on_the_warmed_up_model(base_model_asset, tmp_path, capsys):
     """Sample N=8 at T=0.5 for 200 synthetic train instructions, build data with the margin filter: real spread."""
-    from perpo.data.synth import SynthSpec, build_synth
+    from perpo.embedded.synth import SynthSpec, build_synth
 
     data = build_synth(tmp_path / "synth", seed=1, spec=SynthSpec(counts={"train": 180}), progress=False)
     inst = tmp_path / "synth" / "instructions.jsonl"

@@ -8,7 +8,7 @@ from lmms_eval.api.instance import Instance
 from PIL import Image
 
 from lmms_tasks.models.perpo_llava import PerpoLlava, truncate_at_stops
-from perpo.tiny import FAMILIES
+from perpo.embedded.tiny import FAMILIES
 
 GREEDY = {"max_new_tokens": 6, "temperature": 0.0, "do_sample": False, "until": []}
 SAMPLED = {"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0, "do_sample": True, "until": []}

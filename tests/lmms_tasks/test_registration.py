@@ -111,7 +111,7 @@ def test_lmms_eval_loads_the_rows_the_variable_names_every_time(synth_env, tmp_p
     import lmms_eval.models  # noqa: F401
     from lmms_eval.tasks import TaskManager, get_task_dict
 
-    from perpo.data.synth import SynthSpec, build_synth
+    from perpo.embedded.synth import SynthSpec, build_synth
 
     manager = TaskManager(include_defaults=False)
     first = get_task_dict(["perpo_synth_val"], manager, "chat")["perpo_synth_val"]

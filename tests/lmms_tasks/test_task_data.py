@@ -79,7 +79,7 @@ def test_missing_folder_names_the_variable_and_the_command(loader, variable, com
 
 
 def test_rows_follow_the_variable_no_stale_cache(synth_data, tmp_path, monkeypatch):
-    from perpo.data.synth import SynthSpec, build_synth
+    from perpo.embedded.synth import SynthSpec, build_synth
 
     other = build_synth(tmp_path / "other", seed=7, spec=SynthSpec(counts={"val": 3}), progress=False)
     monkeypatch.setenv("PERPO_SYNTH_DIR", str(synth_data))

@@ -94,7 +94,7 @@ def test_cache_stops_growing_at_its_memory_limit(tiny_llava, synth_data):
 @pytest.mark.parametrize("family", ["llava_next", "llava_onevision"])
 def test_batch_dependent_image_inputs_switch_the_cache_off(family, tiny_spec, synth_data):
     """LLaVA-NeXT / OneVision pad image patches per batch: the collator then encodes whole batches as before."""
-    from perpo.tiny import build_family
+    from perpo.embedded.tiny import build_family
 
     _, processor = build_family(family, tiny_spec)
     records = _records(synth_data, count=6)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from perpo.config import ConfigError
-from perpo.demo import DemoConfig, Stages, resolve_threads
+from perpo.embedded.demo import DemoConfig, Stages, resolve_threads
 
 
 def test_each_method_gets_its_own_learning_rate_and_beta():

@@ -7,11 +7,11 @@ import torch
 
 from perpo.config import ConfigError
 from perpo.data.collate import encode_prompts
+from perpo.embedded.tiny import FAMILIES as TINY_FAMILIES
+from perpo.embedded.tiny import build_family
 from perpo.families import FAMILIES, family_for_type, family_of
 from perpo.modeling import apply_lora
 from perpo.prompts import chat_prompt
-from perpo.tiny import FAMILIES as TINY_FAMILIES
-from perpo.tiny import build_family
 
 
 def test_every_registered_family_has_a_tiny_model_built_from_config():

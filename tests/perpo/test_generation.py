@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
+from perpo.embedded.tiny import FAMILIES, build_family
 from perpo.generation import GenerationRequest, GumbelSampler, _top_p_filter, generate, row_seed
 from perpo.modeling import load_model, load_processor
 from perpo.prompts import chat_prompt
-from perpo.tiny import FAMILIES, build_family
 
 
 def test_row_seeds_are_stable_and_distinct():

@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 
 from perpo.data.collate import encode_prompts
+from perpo.embedded.tiny import FAMILIES, build_family
 from perpo.logprobs import ListBatch, naive_logps, shared_logps, shared_mask, shared_rows
 from perpo.losses import perpo_loss
 from perpo.prompts import chat_prompt
-from perpo.tiny import FAMILIES, build_family
 
 
 def test_layout_positions_targets_and_mask_by_hand():

@@ -12,7 +12,7 @@ from PIL import Image
 
 from perpo.config import ConfigError
 from perpo.data.refer import UnsafePickleError, load_refer_rows, load_refs, split_matches
-from perpo.data.synth import COLOURS, SynthSpec, build_synth, expressions_for, render, sample_scene
+from perpo.embedded.synth import COLOURS, SynthSpec, build_synth, expressions_for, render, sample_scene
 from perpo.io import read_jsonl
 
 

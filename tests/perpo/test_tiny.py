@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from perpo.embedded.tiny import COORDINATE_TOKENS, EOS, IMAGE, UNK, build_tokenizer, build_vocab
 from perpo.prompts import chat_prompt, grounding_question
-from perpo.tiny import COORDINATE_TOKENS, EOS, IMAGE, UNK, build_tokenizer, build_vocab
 
 
 def test_vocab_layout_is_stable():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from perpo.data.collate import encode_prompts
+from perpo.embedded.tiny import FAMILIES, build_family
 from perpo.families import FAMILIES as FAMILY_OF
 from perpo.logprobs import (
     ListBatch,
@@ -21,7 +22,6 @@ from perpo.logprobs import (
 )
 from perpo.losses import perpo_loss
 from perpo.prompts import chat_prompt
-from perpo.tiny import FAMILIES, build_family
 
 
 def _batch(family: str, spec):

@@ -8,7 +8,7 @@ import pytest
 
 from perpo.boxes import box_iou
 from perpo.config import ConfigError
-from perpo.warmup import WarmupConfig, loosen_box
+from perpo.embedded.warmup import WarmupConfig, loosen_box
 
 
 def test_loosen_box_moves_every_side_out_by_the_margin_times_the_size():

@@ -13,7 +13,7 @@ from PIL import Image
 
 from perpo.boxes import format_box, gt_box_in_frame
 from perpo.config import save_resolved
-from perpo.demo import DemoConfig
+from perpo.embedded.demo import DemoConfig
 from perpo.io import read_jsonl, write_jsonl
 from perpo.prompts import grounding_question
 

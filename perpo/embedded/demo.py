@@ -30,7 +30,7 @@ from reports.load import METHOD_LABELS
 
 logger = logging.getLogger(__name__)
 
-ASSET = Path(__file__).parent / "assets" / "tiny_llava_misaligned"  # docs/miniature.md says why this base
+ASSET = Path(__file__).parents[1] / "assets" / "tiny_llava_misaligned"  # docs/miniature.md says why this base
 METHODS = ("sft", "dpo", "lipo", "perpo")
 
 
@@ -135,8 +135,8 @@ def _expected_seconds(cfg: DemoConfig) -> dict[str, float]:
 
 def prepare_base(cfg: DemoConfig, out: Path) -> tuple[Path, Path]:
     """Stage 1: the synthetic benchmark and the base model, in `out/data` and `out/models/base`."""
-    from perpo.data.synth import SynthSpec, build_synth
-    from perpo.warmup import WarmupConfig, run_warmup
+    from perpo.embedded.synth import SynthSpec, build_synth
+    from perpo.embedded.warmup import WarmupConfig, run_warmup
 
     counts = {"train": 400, "val": 60, "test": 60} if cfg.quick else {"train": 4000, "val": 300, "test": 300}
     data = build_synth(out / "data", seed=cfg.data_seed, spec=SynthSpec(counts=counts))

@@ -88,7 +88,7 @@ def run_warmup(cfg: WarmupConfig) -> dict:
     from tqdm import tqdm
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from perpo.tiny import TinySpec, build_model, build_processor
+    from perpo.embedded.tiny import TinySpec, build_model, build_processor
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

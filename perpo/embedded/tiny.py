@@ -36,7 +36,7 @@ PROMPT_WORDS = (
     "Please", "please", "provide", "the", "bounding", "box", "coordinate", "coordinates", "of", "region", "this",
     "sentence", "describes", "Bounding", "are", "specified", "in", "format", "top", "left", "bottom", "right",
     "All", "values", "floating", "point", "numbers", "bounded", "between", "and", "Answer", "with",
-    # synthetic referring expressions (perpo.data.synth)
+    # synthetic referring expressions (perpo.embedded.synth)
     "red", "green", "blue", "yellow", "purple", "orange", "circle", "square", "triangle", "above", "below",
     "The", "a", "to", "next", "on", "small", "big", "large",
     # page OCR prompt (Fox)
