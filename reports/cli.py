@@ -44,7 +44,8 @@ def _positional_pair(argv: list[str]) -> list[str]:
 def compare_command(argv: Sequence[str], prog: str = "perpo compare") -> int:
     """Run a comparison and print where its index is."""
     from perpo.io import atomic_dir
-    from reports.compare import compare_runs, write_comparison
+    from reports.compare import compare_runs
+    from reports.comparison_folder import write_comparison
     from reports.load import RunSpec, load_results
 
     argv = list(argv)
@@ -99,7 +100,10 @@ def report_command(argv: Sequence[str], prog: str = "perpo report") -> int:
 
 def tables_command(argv: Sequence[str], prog: str = "python -m reports tables") -> int:
     """Print (or write) tables from result folders, or the paper's own tables."""
-    from reports.tables import build_table, cells_from_results, paper_table, table_specs
+    from reports.paper_numbers import paper_table
+    from reports.table_cells import cells_from_results
+    from reports.table_specs import table_specs
+    from reports.tables import build_table
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -121,7 +125,7 @@ def tables_command(argv: Sequence[str], prog: str = "python -m reports tables") 
         parser.error("give result folders, or --paper for the paper's tables")
     render = {"md": "to_markdown", "tex": "to_latex", "csv": "to_csv"}[args.format]
     if args.paper:
-        from reports.tables import load_paper_numbers
+        from reports.paper_numbers import load_paper_numbers
 
         available = set(load_paper_numbers()["table"])
         for name in names:

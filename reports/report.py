@@ -25,18 +25,15 @@ from typing import Any
 from perpo.config import ConfigError, check_keys, check_numbers, opt
 from perpo.io import atomic_dir
 from reports import figures as figs
-from reports.compare import compare_runs, problems_markdown, runs_frame, write_comparison
+from reports.compare import compare_runs
+from reports.comparison_folder import problems_markdown, runs_frame, write_comparison
 from reports.load import Problem, ResultSet, RunSpec, load_results, problems_frame
 from reports.markdown import frame_to_markdown, write_text
-from reports.tables import (
-    Table,
-    build_table,
-    cells_from_paper,
-    cells_from_results,
-    comparison_with_paper,
-    load_paper_numbers,
-    table_specs,
-)
+from reports.paper_numbers import cells_from_paper, load_paper_numbers
+from reports.table_cells import cells_from_results
+from reports.table_render import Table
+from reports.table_specs import table_specs
+from reports.tables import build_table, comparison_with_paper
 
 logger = logging.getLogger(__name__)
 

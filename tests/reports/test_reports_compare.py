@@ -17,7 +17,7 @@ from report_helpers import AFTER, BASE, GOLDEN, IMAGES, RAW, trained_copy
 
 from perpo.cli import main
 from reports.cli import main as reports_main
-from reports.compare import BASE_COLOUR, GT_COLOUR, diff_html
+from reports.gallery import BASE_COLOUR, GT_COLOUR, diff_html
 
 LINK = re.compile(r"\]\(([^)#\s]+)\)")
 HTML_LINK = re.compile(r"(?:src|href)='([^']+)'")

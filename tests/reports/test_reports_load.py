@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from report_helpers import AFTER, BASE, RAW, trained_copy
 
-from reports.load import TIDY_COLUMNS, RunSpec, discover, load_results, parse_model_args
+from reports.load import TIDY_COLUMNS, RunSpec, load_results
+from reports.result_files import discover, parse_model_args
 
 
 def _value(results, run, task, metric):

@@ -10,7 +10,9 @@ from __future__ import annotations
 import pytest
 from report_helpers import GOLDEN
 
-from reports.tables import build_table, cells_from_paper, load_paper_numbers, paper_table, table_specs
+from reports.paper_numbers import cells_from_paper, load_paper_numbers, paper_table
+from reports.table_specs import table_specs
+from reports.tables import build_table
 
 SHAPES = {"table1": (3, 4, 12), "table2": (2, 4, 10), "table3": (1, 10, 4), "table4": (1, 4, 5),
           "table5": (1, 4, 7), "table7": (1, 5, 5)}  # fmt: skip

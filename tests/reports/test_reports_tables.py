@@ -12,16 +12,10 @@ import pytest
 from report_helpers import AFTER, BASE, GOLDEN, scale_metric, trained_copy
 
 from reports.load import load_results
-from reports.tables import (
-    CELL_COLUMNS,
-    Column,
-    TableSpec,
-    build_table,
-    cells_from_paper,
-    cells_from_results,
-    comparison_with_paper,
-    table_specs,
-)
+from reports.paper_numbers import cells_from_paper
+from reports.table_cells import CELL_COLUMNS, cells_from_results
+from reports.table_specs import Column, TableSpec, table_specs
+from reports.tables import build_table, comparison_with_paper
 
 
 @pytest.fixture

@@ -1,0 +1,244 @@
+"""The before/after gallery: the most-changed answers as grounding PNGs and an OCR HTML page with word diffs.
+
+The documents whose answer changed, most-changed score first (`gallery_size` of them per kind): grounding as PNGs
+of the image (in the task's frame: LLaVA-1.5's padded square for `padded`) upscaled with the ground truth (green),
+the base box (red) and the after box (blue) and a legend; OCR as one HTML page with the reference and the two
+answers, the words only the base has struck through in red and those only the after answer has in blue (difflib
+over words).
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from perpo.io import atomic_open, load_image
+from reports.compare import Comparison
+from reports.load import Problem
+
+if TYPE_CHECKING:
+    from PIL import Image, ImageDraw
+
+GT_COLOUR = (0, 170, 0)
+BASE_COLOUR = (220, 30, 30)
+AFTER_COLOUR = (30, 90, 255)
+
+
+def gallery_rows(samples: pd.DataFrame, kind: str, size: int) -> pd.DataFrame:
+    """The `size` documents of `kind` whose answer changed, largest |score change| first (ties by task, id)."""
+    if samples.empty:
+        return samples
+    part = samples[(samples.kind == kind) & samples.changed].copy()
+    part["magnitude"] = part.delta.abs()
+    part = part.sort_values(["magnitude", "task", "id"], ascending=[False, True, True], kind="stable")
+    return part.head(size)
+
+
+def resolve_image(row: pd.Series, image_roots: Sequence[str | Path]) -> Path | None:
+    """The image of a logged document: the recorded path, the sample's `input_media`, else the same relative
+    tail (file name, then parent/file name, ...) under each of `image_roots`."""
+    for candidate in (row.get("image"), row.get("input_media")):
+        if candidate and Path(str(candidate)).is_file():
+            return Path(str(candidate))
+    recorded = Path(str(row.get("image") or row.get("input_media") or ""))
+    for root in image_roots:
+        for depth in range(1, min(4, len(recorded.parts)) + 1):
+            candidate = Path(root) / Path(*recorded.parts[-depth:])
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _canvas(row: pd.Series, path: Path | None) -> Image.Image:
+    from PIL import Image
+
+    from lmms_tasks.images import expand2square
+
+    width, height = int(row.get("width") or 64), int(row.get("height") or 64)
+    if path is not None:
+        image = load_image(path)
+    else:
+        image = Image.new("RGB", (width, height), (200, 200, 200))
+    if row.get("frame") == "padded":  # LLaVA-1.5's square, as the model saw it and as the boxes are normalised
+        image = expand2square(image)
+    longest = max(image.size)
+    if longest < 256:  # small synthetic scenes: nearest-neighbour upscale so boxes are visible
+        factor = max(1, 256 // longest)
+        image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    elif longest > 512:
+        factor = 512 / longest
+        image = image.resize((round(image.width * factor), round(image.height * factor)), Image.Resampling.LANCZOS)
+    return image
+
+
+def _draw_box(
+    draw: ImageDraw.ImageDraw,
+    box: Sequence[float] | None,
+    size: tuple[int, int],
+    colour: tuple[int, int, int],
+    width: int = 3,
+) -> None:
+    if box is None:
+        return
+    x1, y1, x2, y2 = (float(v) for v in box)
+    w, h = size
+    draw.rectangle([x1 * w, y1 * h, max(x1 * w, x2 * w), max(y1 * h, y2 * h)], outline=colour, width=width)
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def draw_grounding_example(row: pd.Series, path: Path | None, out: Path, labels: tuple[str, str]) -> Path:
+    """One gallery PNG: the image (frame-aware, upscaled) with GT (green), base (red) and after (blue) boxes, and
+    a legend with the expression, both answers and their scores. Boxes are normalised xyxy in the task's frame."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = _canvas(row, path)
+    draw = ImageDraw.Draw(image)
+    _draw_box(draw, row.gt_box, image.size, GT_COLOUR)
+    _draw_box(draw, row.base_box, image.size, BASE_COLOUR)
+    _draw_box(draw, row.after_box, image.size, AFTER_COLOUR, width=2)
+    font = ImageFont.load_default()
+    name = "IoU" if row.score_name.startswith("iou") else row.score_name
+    lines = [
+        ((0, 0, 0), f"{row.task} · {row.id}" + ("" if path is not None else " (image not found)")),
+        ((0, 0, 0), f'"{_clip(row.expression)}"'),
+        (GT_COLOUR, f"ground truth {_fmt_box(row.gt_box)}"),
+        (BASE_COLOUR, f"{labels[0]}: {_clip(row.base_answer, 40)}  {name} {row.base_score:.2f}"),
+        (AFTER_COLOUR, f"{labels[1]}: {_clip(row.after_answer, 40)}  {name} {row.after_score:.2f}"),
+    ]
+    line_height = 14
+    width = max(image.width, 8 + max(int(draw.textlength(text, font=font)) for _, text in lines))
+    sheet = Image.new("RGB", (width, image.height + line_height * len(lines) + 8), (255, 255, 255))
+    sheet.paste(image, (0, 0))
+    text_draw = ImageDraw.Draw(sheet)
+    for index, (colour, text) in enumerate(lines):
+        text_draw.text((4, image.height + 4 + index * line_height), text, fill=colour, font=font)
+    with atomic_open(out, "wb") as handle:
+        sheet.save(handle, format="PNG")
+    return out
+
+
+def _fmt_box(box: Sequence[float] | None) -> str:
+    return "none" if box is None else "[" + ", ".join(f"{float(v):.2f}" for v in box) + "]"
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\s+|[^\s]+", text)
+
+
+def diff_html(base: str, after: str) -> tuple[str, str]:
+    """The two texts as HTML, words only in `base` wrapped in `<del>`, words only in `after` in `<ins>`."""
+    left, right = _words(base), _words(after)
+    matcher = difflib.SequenceMatcher(None, left, right, autojunk=False)
+    out_left, out_right = [], []
+    for op, a1, a2, b1, b2 in matcher.get_opcodes():
+        old, new = html.escape("".join(left[a1:a2])), html.escape("".join(right[b1:b2]))
+        if op == "equal":
+            out_left.append(old)
+            out_right.append(new)
+            continue
+        if old:
+            out_left.append(f"<del>{old}</del>")
+        if new:
+            out_right.append(f"<ins>{new}</ins>")
+    return "".join(out_left), "".join(out_right)
+
+
+OCR_STYLE = """<style>
+body { font-family: sans-serif; margin: 1.5em; }
+.example { border-top: 1px solid #ccc; padding: .8em 0; }
+.texts { display: grid; grid-template-columns: 1fr 1fr 1fr; gap: 1em; }
+pre { white-space: pre-wrap; background: #f7f7f7; padding: .5em; margin: 0; }
+del { color: #dc1e1e; background: #fde8e8; }
+ins { color: #1e5aff; background: #e8eefd; text-decoration: none; }
+</style>"""
+
+
+def ocr_gallery_html(rows: pd.DataFrame, labels: tuple[str, str], title: str) -> str:
+    """An HTML page: per page id the reference, the base answer and the after answer, differences highlighted."""
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{OCR_STYLE}",
+        f"</head><body><h1>{html.escape(title)}</h1>",
+        f"<p><del>red, struck</del>: only in {html.escape(labels[0])}; <ins>blue</ins>: only in "
+        f"{html.escape(labels[1])}. Edit distance: lower is better.</p>",
+    ]
+    for row in rows.itertuples(index=False):
+        left, right = diff_html(row.base_answer, row.after_answer)
+        parts.append(
+            f"<div class='example'><h3>{html.escape(row.task)} · {html.escape(str(row.id))}: edit distance "
+            f"{row.base_score:.3f} → {row.after_score:.3f} ({row.outcome})</h3><div class='texts'>"
+            f"<div><b>reference</b><pre>{html.escape(row.reference)}</pre></div>"
+            f"<div><b>{html.escape(labels[0])}</b><pre>{left}</pre></div>"
+            f"<div><b>{html.escape(labels[1])}</b><pre>{right}</pre></div></div></div>"
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def write_gallery(
+    comparison: Comparison, out: Path, size: int = 12, image_roots: Sequence[str | Path] = ()
+) -> dict[str, list[Path]]:
+    """Draw the gallery into `out` (PNG per grounding example, `index.html`, `ocr.html`).
+
+    Returns:
+        `{"grounding": [png paths], "ocr": [html path], "index": [index.html]}` (lists may be empty).
+    """
+    labels = (comparison.base.label, comparison.after.label)
+    written: dict[str, list[Path]] = {"grounding": [], "ocr": [], "index": []}
+    cards = []
+    for row in gallery_rows(comparison.samples, "grounding", size).itertuples(index=False):
+        series = pd.Series(row._asdict())
+        path = resolve_image(series, image_roots)
+        if path is None:
+            comparison.problems.append(
+                Problem(
+                    comparison.after.label,
+                    "missing_file",
+                    row.task,
+                    "",
+                    f"image of {row.id} not found ({row.image}); drawn on a grey canvas (pass --image_root)",
+                )
+            )
+        png = draw_grounding_example(series, path, out / f"{_safe(row.task)}__{_safe(str(row.id))}.png", labels)
+        written["grounding"].append(png)
+        cards.append(
+            f"<figure><img src='{html.escape(png.name)}' alt='{html.escape(str(row.id))}'><figcaption>"
+            f"{html.escape(row.task)} · {html.escape(str(row.id))}: {row.outcome}, IoU {row.base_score:.2f} → "
+            f"{row.after_score:.2f}</figcaption></figure>"
+        )
+    ocr_rows = gallery_rows(comparison.samples, "ocr", size)
+    if not ocr_rows.empty:
+        page = out / "ocr.html"
+        with atomic_open(page, "w", encoding="utf-8") as handle:
+            handle.write(ocr_gallery_html(ocr_rows, labels, f"OCR answers that changed: {labels[0]} → {labels[1]}"))
+        written["ocr"].append(page)
+    if cards or written["ocr"]:
+        index = out / "index.html"
+        ocr_link = "<p><a href='ocr.html'>OCR answers that changed</a></p>" if written["ocr"] else ""
+        legend = (
+            f"<p>ground truth <b style='color:rgb{GT_COLOUR}'>green</b>, {html.escape(labels[0])} "
+            f"<b style='color:rgb{BASE_COLOUR}'>red</b>, {html.escape(labels[1])} "
+            f"<b style='color:rgb{AFTER_COLOUR}'>blue</b></p>"
+        )
+        with atomic_open(index, "w", encoding="utf-8") as handle:
+            handle.write(
+                "<!DOCTYPE html><html><head><meta charset='utf-8'><title>gallery</title><style>figure{display:"
+                "inline-block;margin:.5em;vertical-align:top}</style></head><body>"
+                f"<h1>Answers that changed: {html.escape(labels[0])} → {html.escape(labels[1])}</h1>{legend}"
+                f"{ocr_link}{''.join(cards)}</body></html>\n"
+            )
+        written["index"].append(index)
+    return written
