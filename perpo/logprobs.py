@@ -111,6 +111,18 @@ def _prompt_positions(model, batch: ListBatch):
     return batch.memo["positions"]
 
 
+def _layout_positions(
+    positions: list[list[int]], segment: Tensor, row_lists: list[list[int]], prompt_positions: list[Tensor] | None
+) -> Tensor:
+    """A layout's right-padded positions: [R, T], or [R, T, 3] with `prompt_positions` (M-RoPE families)."""
+    position_ids = pad_right(positions, 0)
+    if prompt_positions is None:
+        return position_ids
+    lists = pad_right(row_lists, -1)  # [R, pack]: the list index of each segment of a row
+    owner = torch.where(segment >= 0, lists.gather(1, segment.clamp_min(0)), -1)  # [R, T]
+    return _mrope(position_ids, owner, prompt_positions)
+
+
 def _mrope(position_ids: Tensor, owner: Tensor, prompt_positions: list[Tensor]) -> Tensor:
     """[R, T] layout positions (prompt 0 .. P-1, then P + d - 1) → [R, T, 3] multimodal positions.
 
@@ -221,7 +233,7 @@ def shared_rows(batch: ListBatch, pad_id: int, pack: int = 1, prompt_positions=N
     """
     B, N = batch.shape
     row_lists = [list(range(i, min(i + pack, B))) for i in range(0, B, pack)]
-    rows, positions, segments, branches, owners = [], [], [], [], []
+    rows, positions, segments, branches = [], [], [], []
     predict_row, predict_pos, target_ids, target_owner = [], [], [], []
     for r, lists in enumerate(row_lists):
         ids, pos, seg, br = [], [], [], []
@@ -248,15 +260,12 @@ def shared_rows(batch: ListBatch, pad_id: int, pack: int = 1, prompt_positions=N
         positions.append(pos)
         segments.append(seg)
         branches.append(br)
-        owners.append([lists[s] for s in seg])
-    position_ids = pad_right(positions, 0)
-    if prompt_positions is not None:
-        position_ids = _mrope(position_ids, pad_right(owners, -1), prompt_positions)
+    segment = pad_right(segments, -1)
 
     return SharedRows(
         input_ids=pad_right(rows, pad_id),
-        position_ids=position_ids,
-        segment=pad_right(segments, -1),
+        position_ids=_layout_positions(positions, segment, row_lists, prompt_positions),
+        segment=segment,
         branch=pad_right(branches, -2),
         predict_row=torch.tensor(predict_row),
         predict_pos=torch.tensor(predict_pos),
@@ -453,7 +462,7 @@ def tree_rows(batch: ListBatch, pad_id: int, pack: int = 1, prompt_positions=Non
     """
     B, N = batch.shape
     row_lists = [list(range(i, min(i + pack, B))) for i in range(0, B, pack)]
-    rows, positions, segments, ends, owners = [], [], [], [], []
+    rows, positions, segments, ends = [], [], [], []
     predict_row, predict_pos, target_ids, path_token, path_owner = [], [], [], [], []
     for r, lists in enumerate(row_lists):
         ids, pos, seg, end = [], [], [], []
@@ -487,15 +496,12 @@ def tree_rows(batch: ListBatch, pad_id: int, pack: int = 1, prompt_positions=Non
         positions.append(pos)
         segments.append(seg)
         ends.append(end)
-        owners.append([lists[s] for s in seg])
-    position_ids = pad_right(positions, 0)
-    if prompt_positions is not None:
-        position_ids = _mrope(position_ids, pad_right(owners, -1), prompt_positions)
+    segment = pad_right(segments, -1)
 
     return TreeRows(
         input_ids=pad_right(rows, pad_id),
-        position_ids=position_ids,
-        segment=pad_right(segments, -1),
+        position_ids=_layout_positions(positions, segment, row_lists, prompt_positions),
+        segment=segment,
         end=pad_right(ends, 0),
         predict_row=torch.tensor(predict_row, dtype=torch.long),
         predict_pos=torch.tensor(predict_pos, dtype=torch.long),

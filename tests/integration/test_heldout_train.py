@@ -12,12 +12,12 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import write_lists
 from transformers import TrainerCallback, TrainingArguments
 
-from perpo.boxes import format_box, gt_box_in_frame
+from perpo.boxes import format_box
 from perpo.cli import main
-from perpo.io import read_jsonl, write_jsonl
-from perpo.prompts import grounding_question
+from perpo.io import read_jsonl
 from perpo.trainer import PerPOArguments, PerPOTrainer, run_train
 
 pytestmark = pytest.mark.slow
@@ -28,25 +28,11 @@ KEYS = [f"{name}/{metric}" for name in ("heldout", "train_lists") for metric in 
 @pytest.fixture(scope="module")
 def lists(synth_data, tmp_path_factory):
     """Four two-response lists from the synthetic train split: the exact box (reward 1) and a shifted one (0.2)."""
-    records = []
-    for row in read_jsonl(synth_data / "synth_train.jsonl")[:4]:
-        gt = gt_box_in_frame(row["bbox"], row["width"], row["height"], "padded")
-        shifted = [min(v + 0.25, 1.0) for v in gt]
-        records.append(
-            {
-                "id": row["id"],
-                "task": "grounding",
-                "image": str(synth_data / row["image"]),
-                "question": grounding_question(row["expression"]),
-                "answer": format_box(gt),
-                "target": list(gt),
-                "frame": "padded",
-                "responses": [format_box(gt), format_box(shifted)],
-                "rewards": [1.0, 0.2],
-                "reward": "iou",
-            }
-        )
-    return write_jsonl(tmp_path_factory.mktemp("heldout_lists") / "train.jsonl", records)
+
+    def responses_for(gt):
+        return [format_box(gt), format_box([min(v + 0.25, 1.0) for v in gt])], [1.0, 0.2]
+
+    return write_lists(synth_data, tmp_path_factory.mktemp("heldout_lists") / "train.jsonl", 4, responses_for)
 
 
 def _train(base, data, val, out, monkeypatch, **training) -> list[dict]:

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import write_lists
 from transformers import TrainerCallback, TrainingArguments
 
-from perpo.boxes import format_box, gt_box_in_frame
+from perpo.boxes import format_box
 from perpo.cli import main
 from perpo.io import read_jsonl, write_jsonl
 from perpo.losses import LOSSES
-from perpo.prompts import grounding_question
 from perpo.trainer import PerPOArguments, run_train
 
 pytestmark = pytest.mark.slow
@@ -29,25 +29,12 @@ N = 4
 def listwise_data(synth_data, tmp_path_factory):
     """Train-stage records from the synthetic benchmark with N jittered box answers and random rewards."""
     rng = random.Random(0)
-    records = []
-    for row in read_jsonl(synth_data / "synth_train.jsonl")[:8]:
-        gt = gt_box_in_frame(row["bbox"], row["width"], row["height"], "padded")
+
+    def responses_for(gt):
         responses = [format_box([min(max(v + rng.uniform(-0.3, 0.3), 0), 1) for v in gt]) for _ in range(N)]
-        records.append(
-            {
-                "id": row["id"],
-                "task": "grounding",
-                "image": str(synth_data / row["image"]),
-                "question": grounding_question(row["expression"]),
-                "answer": format_box(gt),
-                "target": list(gt),
-                "frame": "padded",
-                "responses": responses,
-                "rewards": [round(rng.random(), 3) for _ in range(N)],
-                "reward": "iou",
-            }
-        )
-    return write_jsonl(tmp_path_factory.mktemp("listwise") / "train.jsonl", records)
+        return responses, [round(rng.random(), 3) for _ in range(N)]
+
+    return write_lists(synth_data, tmp_path_factory.mktemp("listwise") / "train.jsonl", 8, responses_for)
 
 
 def _args(model, data, **kw):

@@ -13,11 +13,10 @@ import random
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import write_lists
 from transformers import TrainerCallback, TrainingArguments
 
-from perpo.boxes import format_box, gt_box_in_frame
-from perpo.io import read_jsonl, write_jsonl
-from perpo.prompts import grounding_question
+from perpo.boxes import format_box
 from perpo.rewards import iou_reward
 from perpo.trainer import PerPOArguments, PerPOTrainer, run_train
 
@@ -31,19 +30,12 @@ _INIT, _LOGPS = PerPOTrainer.__init__, PerPOTrainer._logps
 def lists(synth_data, tmp_path_factory):
     """Four lists of N boxes near the target (so that responses share prefixes, and some repeat), IoU rewards."""
     rng = random.Random(0)
-    records = []
-    for row in read_jsonl(synth_data / "synth_train.jsonl")[:4]:
-        gt = gt_box_in_frame(row["bbox"], row["width"], row["height"], "padded")
+
+    def responses_for(gt):
         answers = [format_box([min(max(v + rng.choice([0, 0, 0.05, -0.1]), 0), 1) for v in gt]) for _ in range(N)]
-        records.append(
-            {
-                "id": row["id"], "task": "grounding", "image": str(synth_data / row["image"]),
-                "question": grounding_question(row["expression"]), "answer": format_box(gt), "target": list(gt),
-                "frame": "padded", "responses": answers, "rewards": [iou_reward(a, gt) for a in answers],
-                "reward": "iou",
-            }
-        )  # fmt: skip
-    return write_jsonl(tmp_path_factory.mktemp("fast") / "train.jsonl", records)
+        return answers, [iou_reward(a, gt) for a in answers]
+
+    return write_lists(synth_data, tmp_path_factory.mktemp("fast") / "train.jsonl", 4, responses_for)
 
 
 class Record(TrainerCallback):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from layout_helpers import loss_and_grads
 from PIL import Image
 
 from perpo.data.collate import encode_prompts
 from perpo.embedded.tiny import FAMILIES, build_family
 from perpo.logprobs import ListBatch, naive_logps, shared_logps, shared_mask, shared_rows
-from perpo.losses import perpo_loss
 from perpo.prompts import chat_prompt
 
 
@@ -76,17 +76,9 @@ def test_loss_and_gradients_match_between_layouts(family, tiny_spec):
     model, batch = _batch(family, tiny_spec)
     rewards = torch.tensor([[1.0, 0.2, 0.0], [0.5, 0.1, 0.0], [0.0, 0.9, 0.4]])
     mask = torch.tensor([[True, True, True], [True, True, False], [True, True, True]])
-    ref = torch.zeros(3, 3)
 
-    def loss_and_grads(fn, **kw):
-        model.zero_grad()
-        logps, _ = fn(model, batch, pad_id=0, **kw)
-        loss, _ = perpo_loss(logps, ref, rewards, mask, beta=0.1, gamma=0.5)
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    loss_naive, grads_naive = loss_and_grads(naive_logps)
-    loss_shared, grads_shared = loss_and_grads(shared_logps, pack=2, chunk_size=1)
+    loss_naive, grads_naive = loss_and_grads(model, batch, naive_logps, rewards, mask)
+    loss_shared, grads_shared = loss_and_grads(model, batch, shared_logps, rewards, mask, pack=2, chunk_size=1)
     torch.testing.assert_close(loss_shared, loss_naive, rtol=0, atol=1e-5)
     assert grads_naive.keys() == grads_shared.keys() and grads_naive
     for name, grad in grads_naive.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from layout_helpers import loss_and_grads
 
 from perpo.data.collate import encode_prompts
 from perpo.embedded.tiny import FAMILIES, build_family
@@ -20,7 +21,6 @@ from perpo.logprobs import (
     tree_mask,
     tree_rows,
 )
-from perpo.losses import perpo_loss
 from perpo.prompts import chat_prompt
 
 
@@ -123,17 +123,9 @@ def test_tree_loss_and_gradients_equal_the_shared_layout(family, tiny_spec):
     B, N = batch.shape
     rewards = torch.rand(B, N, generator=torch.Generator().manual_seed(0))
     mask = torch.tensor([[k < len(rs) for k in range(N)] for rs in batch.response_ids])
-    ref = torch.zeros(B, N)
 
-    def loss_and_grads(fn, **kw):
-        model.zero_grad()
-        logps, _ = fn(model, batch, pad_id=0, **kw)
-        loss, _ = perpo_loss(logps, ref, rewards, mask, beta=0.1, gamma=0.5)
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    loss_shared, grads_shared = loss_and_grads(shared_logps)
-    loss_tree, grads_tree = loss_and_grads(tree_logps, pack=2, chunk_size=1)
+    loss_shared, grads_shared = loss_and_grads(model, batch, shared_logps, rewards, mask)
+    loss_tree, grads_tree = loss_and_grads(model, batch, tree_logps, rewards, mask, pack=2, chunk_size=1)
     torch.testing.assert_close(loss_tree, loss_shared, rtol=0, atol=1e-5)
     assert grads_shared.keys() == grads_tree.keys() and grads_shared
     for name, grad in grads_shared.items():
