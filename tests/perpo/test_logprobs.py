@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from layout_helpers import loss_and_grads
-from PIL import Image
+from layout_helpers import family_batch, loss_and_grads
 
-from perpo.data.collate import encode_prompts
-from perpo.embedded.tiny import FAMILIES, build_family
+from perpo.embedded.tiny import FAMILIES
 from perpo.logprobs import ListBatch, naive_logps, shared_logps, shared_mask, shared_rows
-from perpo.prompts import chat_prompt
 
 
 def test_layout_positions_targets_and_mask_by_hand():
@@ -41,22 +38,12 @@ def test_padding_rows_never_see_real_tokens_and_vice_versa():
 
 def _batch(family: str, spec):
     """Three lists: image, no image, image of another aspect ratio; responses of unequal lengths, padded N."""
-    model, processor = build_family(family, spec)
-    model.eval()
-    images = [Image.new("RGB", (30, 17), (220, 40, 40)), None, Image.new("RGB", (17, 40), (40, 200, 40))]
-    prompts = [chat_prompt(processor, f"the red circle {i}", with_image=im is not None) for i, im in enumerate(images)]
-    prompt_ids, extra = encode_prompts(processor, prompts, images)
-    tok = processor.tokenizer
-
-    def enc(text):
-        return tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-
     responses = [
-        [enc("[0.10, 0.20, 0.30, 0.40]"), enc("[0.5"), enc("no")],
-        [enc("the blue square"), enc("")],  # a shorter list: N = 3 with one padded slot
-        [enc("[0.00, 1.00, 0.50, 0.25]"), enc("x" * 9), enc("[0.11, 0.22, 0.33, 0.44]")],
+        ["[0.10, 0.20, 0.30, 0.40]", "[0.5", "no"],
+        ["the blue square", ""],  # a shorter list: N = 3 with one padded slot
+        ["[0.00, 1.00, 0.50, 0.25]", "x" * 9, "[0.11, 0.22, 0.33, 0.44]"],
     ]
-    return model, ListBatch(prompt_ids, responses, extra, [im is not None for im in images])
+    return family_batch(family, spec, responses)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from layout_helpers import loss_and_grads
+from layout_helpers import family_batch, loss_and_grads
 
-from perpo.data.collate import encode_prompts
-from perpo.embedded.tiny import FAMILIES, build_family
+from perpo.embedded.tiny import FAMILIES
 from perpo.families import FAMILIES as FAMILY_OF
 from perpo.logprobs import (
     ListBatch,
@@ -21,30 +20,17 @@ from perpo.logprobs import (
     tree_mask,
     tree_rows,
 )
-from perpo.prompts import chat_prompt
 
 
 def _batch(family: str, spec):
     """Three lists (image, no image, image of another aspect ratio), responses of unequal lengths, padded N; plus
     responses that repeat or extend the prefixes of the others, and an exact copy."""
-    from PIL import Image
-
-    model, processor = build_family(family, spec)
-    model.eval()
-    images = [Image.new("RGB", (30, 17), (220, 40, 40)), None, Image.new("RGB", (17, 40), (40, 200, 40))]
-    prompts = [chat_prompt(processor, f"the red circle {i}", with_image=im is not None) for i, im in enumerate(images)]
-    prompt_ids, extra = encode_prompts(processor, prompts, images)
-    tok = processor.tokenizer
-
-    def enc(text):
-        return tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-
     responses = [
-        [enc("[0.10, 0.20, 0.30, 0.40]"), enc("[0.5"), enc("no"), enc("[0.10, 0.20, 0.99, 0.40]"), enc("[0.10, 0.77")],
-        [enc("the blue square"), enc(""), enc("the blue square"), enc("the red")],  # N = 5 with a padded slot
-        [enc("[0.00, 1.00, 0.50, 0.25]"), enc("x" * 9), enc("[0.11, 0.22, 0.33, 0.44]"), enc("x" * 4), enc("[0.00")],
+        ["[0.10, 0.20, 0.30, 0.40]", "[0.5", "no", "[0.10, 0.20, 0.99, 0.40]", "[0.10, 0.77"],
+        ["the blue square", "", "the blue square", "the red"],  # N = 5 with a padded slot
+        ["[0.00, 1.00, 0.50, 0.25]", "x" * 9, "[0.11, 0.22, 0.33, 0.44]", "x" * 4, "[0.00"],
     ]
-    return model, ListBatch(prompt_ids, responses, extra, [im is not None for im in images])
+    return family_batch(family, spec, responses)
 
 
 def test_tree_by_hand():
