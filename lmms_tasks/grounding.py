@@ -12,16 +12,31 @@ every option a hook needs is fixed by which function the YAML names). Scoring is
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from lmms_tasks.bestofk import best_of_n_summary
 from lmms_tasks.images import blank_like, expand2square, open_image
 from perpo.boxes import FRAMES, parse_box
+from perpo.families.qwen2_5_vl import resized_size
 from perpo.metrics.grounding import box_metrics
-from perpo.prompts import GROUNDING_QUESTION, LMMS_EVAL_GROUNDING_QUESTION, grounding_question
+from perpo.prompts import (
+    GROUNDING_QUESTION,
+    LMMS_EVAL_GROUNDING_QUESTION,
+    QWEN_GROUNDING_QUESTION,
+    grounding_question,
+)
 
-PROMPTS: dict[str, str] = {"llava15": GROUNDING_QUESTION, "lmms_eval": LMMS_EVAL_GROUNDING_QUESTION}
-"""Prompt name → template: LLaVA-1.5's own REC prompt, or lmms-eval's refcoco_bbox_rec preamble."""
+PROMPTS: dict[str, str] = {
+    "llava15": GROUNDING_QUESTION,
+    "lmms_eval": LMMS_EVAL_GROUNDING_QUESTION,
+    "qwen": QWEN_GROUNDING_QUESTION,
+}
+"""Prompt name → template: LLaVA-1.5's own REC prompt, lmms-eval's refcoco_bbox_rec preamble, or Qwen2.5-VL's."""
+QWEN_PIXEL_ENV = ("PERPO_QWEN_MIN_PIXELS", "PERPO_QWEN_MAX_PIXELS")
+QWEN_PIXEL_DEFAULTS = (256 * 28 * 28, 1605632)
+"""The `_qwen` tasks' image area bounds: lmms-eval's `qwen2_5_vl` defaults (its `min_pixels`, `max_pixels`), unless
+the two environment variables say otherwise; give them the values of the model's `min_pixels` / `max_pixels`."""
 GT_COLUMNS: dict[str, str] = {"padded": "gt_padded", "original": "gt_original"}
 BON_METRICS: tuple[str, ...] = ("ap50", "iou")
 
@@ -44,6 +59,25 @@ def doc_to_visual(doc: dict, frame: str) -> list:
     _check_frame(frame)
     image = open_image(doc["image"])
     return [expand2square(image) if frame == "padded" else image]
+
+
+def qwen_pixels(doc: dict) -> tuple[int, int]:
+    """`(width, height)` of the image the `_qwen` tasks hand over: the document's image as Qwen2.5-VL's processor
+    resizes it (`perpo.families.qwen2_5_vl.resized_size`, bounds from `QWEN_PIXEL_ENV`). Its answers are pixels of
+    this image, and an image already of this size is not resized again by a model run with the same bounds."""
+    bounds = []
+    for name, default in zip(QWEN_PIXEL_ENV, QWEN_PIXEL_DEFAULTS, strict=True):
+        value = os.environ.get(name, "")
+        if value and not (value.isdigit() and int(value) > 0):
+            raise ValueError(f"{name} must be a positive whole number of pixels, got {value!r}")
+        bounds.append(int(value) if value else default)
+    min_pixels, max_pixels = bounds
+    return resized_size(int(doc["width"]), int(doc["height"]), min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+def doc_to_qwen_visual(doc: dict) -> list:
+    """The document's image resized to `qwen_pixels` (the `_qwen` tasks: boxes are read in its pixels)."""
+    return [open_image(doc["image"]).resize(qwen_pixels(doc))]
 
 
 def doc_to_blank_visual(doc: dict) -> list:
@@ -94,21 +128,25 @@ def _record(doc: dict, frame: str) -> dict:
     }
 
 
-def process_results(doc: dict, results: Sequence[str], *, frame: str) -> dict:
+def process_results(doc: dict, results: Sequence[str], *, frame: str, pixels: bool = False) -> dict:
     """Score the first response of a document (greedy tasks).
 
     Args:
         doc: A grounding document (image columns may have been removed by lmms-eval).
         results: The model's responses; only the first is scored.
         frame: The frame the answer is read in.
+        pixels: The answer is absolute pixels of the `qwen_pixels` image (read back to `frame`, the original).
 
     Returns:
         The metric floats, `frame`, and `record` (identifying fields, the parsed box and the raw response).
     """
     response = results[0] if results else ""
-    pred = parse_box(response)
+    size = qwen_pixels(doc) if pixels else None
+    pred = parse_box(response, fmt="pixel", size=size) if size else parse_box(response)
     scores = box_metrics(pred, gt_box(doc, frame))
     record = _record(doc, frame)
+    if size:
+        record["pixels"] = list(size)
     record.update({"pred_box": list(pred) if pred is not None else None, "response": response})
     return {**scores, "frame": frame, "record": record}
 

@@ -17,6 +17,10 @@ def visual_original(doc):
     return grounding.doc_to_visual(doc, "original")
 
 
+def visual_qwen(doc):
+    return grounding.doc_to_qwen_visual(doc)
+
+
 def visual_none(doc):
     return grounding.doc_to_no_visual(doc)
 
@@ -34,6 +38,10 @@ def text_lmms_eval(doc, lmms_eval_specific_kwargs=None):
     return grounding.doc_to_text(doc, lmms_eval_specific_kwargs, prompt="lmms_eval")
 
 
+def text_qwen(doc, lmms_eval_specific_kwargs=None):
+    return grounding.doc_to_text(doc, lmms_eval_specific_kwargs, prompt="qwen")
+
+
 # process_results
 def results_padded(doc, results):
     return grounding.process_results(doc, results, frame="padded")
@@ -41,6 +49,10 @@ def results_padded(doc, results):
 
 def results_original(doc, results):
     return grounding.process_results(doc, results, frame="original")
+
+
+def results_qwen(doc, results):
+    return grounding.process_results(doc, results, frame="original", pixels=True)
 
 
 def results_bon_padded(doc, results):

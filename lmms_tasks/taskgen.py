@@ -14,6 +14,10 @@ LLaVA-1.5's prompt, greedy):
 | `_orig_bon<N>`      | original | llava15    | image  | N (T = 0.5) |
 | `_noimg`            | padded   | llava15    | none   | 1       |
 | `_blankimg`         | padded   | llava15    | blank  | 1       |
+| `_qwen`             | original | qwen       | image  | 1       |
+
+`_qwen` asks in Qwen2.5-VL's words and reads its JSON `bbox_2d` answer as absolute pixels of the image it was
+handed, which the task resizes itself to the size Qwen2.5-VL's processor would make (`grounding.qwen_pixels`).
 
 Fox page OCR: `perpo_fox_<en|cn>_page` with variants `_bon20`, `_noimg`, `_blankimg`.
 """
@@ -49,6 +53,7 @@ class Variant:
     prompt: str = "llava15"
     image: str = "image"
     samples: int = 1
+    pixel_boxes: bool = False
 
 
 GROUNDING_VARIANTS: tuple[Variant, ...] = (
@@ -59,6 +64,7 @@ GROUNDING_VARIANTS: tuple[Variant, ...] = (
     Variant("_orig_bon20", frame="original", samples=20),
     Variant("_noimg", image="none"),
     Variant("_blankimg", image="blank"),
+    Variant("_qwen", frame="original", prompt="qwen", pixel_boxes=True),
 )
 SYNTH_VARIANTS: tuple[Variant, ...] = (
     Variant(""),
@@ -67,6 +73,7 @@ SYNTH_VARIANTS: tuple[Variant, ...] = (
     Variant("_bon20", samples=20),
     Variant("_noimg", image="none"),
     Variant("_blankimg", image="blank"),
+    Variant("_qwen", frame="original", prompt="qwen", pixel_boxes=True),
 )
 OCR_VARIANTS: tuple[Variant, ...] = (
     Variant("", frame="page", prompt="fox"),
@@ -167,13 +174,17 @@ def grounding_task(task: str, loader: str, variant: Variant) -> dict:
     """The keys of one grounding task YAML (on top of the template)."""
     frame_key = "padded" if variant.frame == "padded" else "original"
     visual = {"image": f"visual_{frame_key}", "none": "visual_none", "blank": "visual_blank"}[variant.image]
+    if variant.pixel_boxes:
+        if variant.image != "image" or variant.samples != 1:
+            raise ValueError(f"{task}: pixel-box variants hand over the resized image and score one answer")
+        visual, frame_key = "visual_qwen", "qwen"
     config: dict = {
         "include": TEMPLATE_NAME,
         "task": task,
         "process_docs": Function(loader),
         "doc_to_visual": Function(visual),
         "doc_to_text": Function(f"text_{variant.prompt}"),
-        "doc_to_target": f"gt_{frame_key}",
+        "doc_to_target": f"gt_{variant.frame}",
     }
     if variant.samples > 1:
         config.update(
@@ -194,6 +205,8 @@ def grounding_task(task: str, loader: str, variant: Variant) -> dict:
         "image": variant.image,
         "samples": variant.samples,
     }
+    if variant.pixel_boxes:
+        config["metadata"]["boxes"] = "qwen_pixels"
     return config
 
 

@@ -175,7 +175,17 @@ def _add_preference_data_parsers(sub) -> None:
     )
     inst.add_argument("--source", dest="input", required=True, choices=("synth", "refcoco", "fox"), help="data source")
     inst.add_argument("--out", required=True, type=Path, help="output instruction JSONL (written atomically)")
-    inst.add_argument("--frame", default="padded", choices=("padded", "original"), help="box frame (default padded)")
+    inst.add_argument(
+        "--model",
+        help="the checkpoint the data is for (local folder or hub id): its family's question and answer format. "
+        "Qwen2.5-VL answers JSON bbox_2d in pixels of the image its processor makes, so the records carry that "
+        "size (`pixels`) and the boxes in it. Default: LLaVA-1.5's question and normalised boxes",
+    )
+    inst.add_argument(
+        "--frame",
+        choices=("padded", "original"),
+        help="box frame (default: the family's: padded for LLaVA, original for Qwen2.5-VL)",
+    )
     inst.add_argument("--split", default="train", help="split to read (default train)")
     inst.add_argument(
         "--total", type=int_at_least(0), default=0, help="seeded equal-share subsample of this size (0 = all)"
@@ -209,6 +219,7 @@ def _add_preference_data_parsers(sub) -> None:
 
 def _preference_data(args, parser) -> int:
     from perpo.data import sources
+    from perpo.families import LLAVA
 
     if args.source == "import-perpo":
         rows = None
@@ -225,12 +236,24 @@ def _preference_data(args, parser) -> int:
     missing = [f"--{name}" for name in needs[args.input] if getattr(args, name) is None]
     if missing:
         parser.error(f"--source {args.input} needs {' and '.join(missing)}")
+    family, processor = LLAVA, None
+    if args.model:
+        from perpo.modeling import checkpoint_family, load_processor
+
+        family = checkpoint_family(args.model)
+        processor = load_processor(args.model) if family.pixel_boxes else None
+    frame = args.frame or family.default_frame
+    if family.pixel_boxes and frame != "original":
+        parser.error(
+            f"--model is a {family.model_type} checkpoint, which answers in its resized image: --frame original"
+        )
+    answers = {"frame": frame, "family": family, "processor": processor}
     if args.input == "synth":
-        records = sources.synth_instructions(args.data, args.split, frame=args.frame)
+        records = sources.synth_instructions(args.data, args.split, **answers)
     elif args.input == "refcoco":
         datasets = [d for d in args.datasets.split(",") if d]
         records = sources.refer_instructions(
-            args.refer_root, args.coco_images, datasets=datasets, split=args.split, frame=args.frame
+            args.refer_root, args.coco_images, datasets=datasets, split=args.split, **answers
         )
     else:
         records = sources.fox_instructions(args.fox_json, args.fox_images)

@@ -1,6 +1,7 @@
 """Loading models and processors, LoRA (peft), freezing, and the reference policy.
 
-The checkpoint's `config.model_type` picks its family (`perpo.families`: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision),
+The checkpoint's `config.model_type` picks its family (`perpo.families`: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision,
+Qwen2.5-VL),
 which names the transformers class, the projector and the language model. What trains follows the released
 PerPO recipe: LoRA on the language model's linear layers, the multimodal projector fully (as a peft
 `modules_to_save`, so that disabling the adapter also restores the original projector), the vision tower frozen.
@@ -27,14 +28,19 @@ _EDGE_BYTES = 1 << 20
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def model_class(name_or_path: str | Path, **hub_kwargs):
-    """The transformers class for a checkpoint, chosen by its family (`config.model_type`)."""
+def checkpoint_family(name_or_path: str | Path, **hub_kwargs):
+    """The family (`perpo.families`) of a checkpoint, by its `config.model_type`."""
     from transformers import AutoConfig
 
     from perpo.families import family_for_type
 
     config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
-    return family_for_type(config.model_type, str(name_or_path)).transformers_class()
+    return family_for_type(config.model_type, str(name_or_path))
+
+
+def model_class(name_or_path: str | Path, **hub_kwargs):
+    """The transformers class for a checkpoint, chosen by its family (`config.model_type`)."""
+    return checkpoint_family(name_or_path, **hub_kwargs).transformers_class()
 
 
 def resolve_device(device: str | None = "auto") -> str:

@@ -15,6 +15,8 @@ LMMS_EVAL_GROUNDING_QUESTION = (
     "bottom-right y). All values are floating point numbers bounded between 0 and 1. Please provide the "
     "bounding box coordinate of the region this sentence describes: {expression}"
 )
+# Qwen2.5-VL's grounding request (its cookbook's wording): the answer is JSON with absolute pixel "bbox_2d" boxes.
+QWEN_GROUNDING_QUESTION = "Locate {expression} in the image, and output its bbox coordinates in JSON format."
 # Fox page OCR (the benchmark's own prompt).
 OCR_QUESTION = "OCR this image: "
 

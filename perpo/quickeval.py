@@ -10,7 +10,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from perpo.boxes import gt_box_in_frame
+from perpo.boxes import denormalize_box, gt_box_in_frame
+from perpo.families import LLAVA, Family, family_of
 from perpo.generation import GenerationRequest, generate
 from perpo.io import load_image
 from perpo.metrics.grounding import grounding_metrics
@@ -19,24 +20,28 @@ from perpo.prompts import chat_prompt, grounding_question
 logger = logging.getLogger(__name__)
 
 
-def row_question(row: dict) -> str:
-    """The question of a row: its own `question` (a listwise record's) or the grounding prompt of its expression."""
-    return row["question"] if "question" in row else grounding_question(row["expression"])
+def row_question(row: dict, family: Family = LLAVA) -> str:
+    """The question of a row: its own `question` (a listwise record's) or the family's grounding question of its
+    expression."""
+    return row["question"] if "question" in row else grounding_question(row["expression"], family.grounding_template)
 
 
-def row_target(row: dict, frame: str) -> tuple[float, ...]:
-    """The ground-truth box of a row in the model's frame: its own `target` (a listwise record's, already in its
-    frame) or its pixel `bbox` [x, y, w, h] normalised in `frame`."""
+def row_target(row: dict, frame: str, family: Family = LLAVA, processor=None) -> tuple[float, ...]:
+    """The ground-truth box of a row in the units the model answers in: its own `target` (a listwise record's,
+    already in them) or its pixel `bbox` [x, y, w, h] normalised in `frame`, then in pixels of the model's resized
+    image for a family that answers in those (`Family.answer_pixels`)."""
     if "target" in row:
         return tuple(row["target"])
-    return gt_box_in_frame(row["bbox"], row["width"], row["height"], frame)
+    box = gt_box_in_frame(row["bbox"], row["width"], row["height"], frame)
+    pixels = family.answer_pixels(processor, int(row["width"]), int(row["height"]))
+    return denormalize_box(box, *pixels) if pixels else box
 
 
-def grounding_requests(processor, rows: Sequence[dict], image_root: str | Path) -> list[GenerationRequest]:
+def grounding_requests(processor, rows: Sequence[dict], image_root: str | Path, family: Family = LLAVA):
     image_root = Path(image_root)
     return [
         GenerationRequest(
-            prompt=chat_prompt(processor, row_question(row)),
+            prompt=chat_prompt(processor, row_question(row, family)),
             image=load_image(image_root / row["image"]),
             key=str(row["id"]),
         )
@@ -58,10 +63,12 @@ def evaluate_grounding(
     """Mean grounding metrics (ap50, iou, parse_fail, …) of greedy answers over `rows`.
 
     A row is a flat grounding row (image, expression, pixel bbox, width, height; scored in `frame`) or carries its
-    own `question` and normalised `target` box (a listwise record's instruction; see `row_question`, `row_target`).
+    own `question` and `target` box (a listwise record's instruction; see `row_question`, `row_target`). Flat rows
+    are asked and scored the way the model's family answers (`perpo.families`).
     """
     from tqdm import tqdm
 
+    family = family_of(model)
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
@@ -69,10 +76,10 @@ def evaluate_grounding(
     for start in tqdm(starts, desc="evaluating AP@50", unit="batch", disable=not progress):
         chunk = rows[start : start + batch_size]
         answers = generate(
-            model, processor, grounding_requests(processor, chunk, image_root), max_new_tokens=max_new_tokens
+            model, processor, grounding_requests(processor, chunk, image_root, family), max_new_tokens=max_new_tokens
         )
         for row, (answer,) in zip(chunk, answers, strict=True):
-            gt = row_target(row, frame)
+            gt = row_target(row, frame, family, processor)
             for key, value in grounding_metrics(answer, gt).items():
                 totals[key] = totals.get(key, 0.0) + value
     model.train(was_training)

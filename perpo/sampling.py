@@ -293,6 +293,33 @@ def sampled_record(instruction: dict, responses: list[str], settings: dict) -> d
     return record | {"responses": list(responses), "sampler": settings}
 
 
+def check_box_units(records: Sequence[dict], model, processor, image_dir: Path, source: Path) -> None:
+    """Grounding records must write boxes the way the model answers: normalised, or (`pixels`) in pixels of the
+    very image its processor makes, else every reward would compare different units.
+
+    Raises:
+        ConfigError: naming the record, both conventions and the command that rebuilds the instructions.
+    """
+    from PIL import Image
+
+    from perpo.families import family_of
+
+    family = family_of(model)
+    for record in records:
+        if record["task"] != "grounding" or not record["image"]:
+            continue
+        with Image.open(resolve_image(record, image_dir)) as image:
+            expected = family.answer_pixels(processor, *image.size)
+        have = record.get("pixels")
+        if (list(expected) if expected is not None else None) != have:
+            want = f"pixels of its {expected[0]}x{expected[1]} image" if expected else "normalised boxes"
+            has = f"pixels of a {have[0]}x{have[1]} image" if have else "normalised boxes"
+            raise ConfigError(
+                f"{source}: record {record['id']!r} writes {has}, but this {family.model_type} model answers in "
+                f"{want}: rebuild the instructions for it with `perpo data instructions --model MODEL ...`"
+            )
+
+
 def run_sample(cfg: SampleConfig, backend: GenerationBackend | None = None) -> dict:
     """Sample `cfg.n` responses for every unfinished instruction and append them to `cfg.out`.
 
@@ -351,6 +378,8 @@ def run_sample(cfg: SampleConfig, backend: GenerationBackend | None = None) -> d
         backend = BACKENDS[cfg.backend](
             cfg.model, adapter=cfg.adapter, device=device, dtype=resolve_dtype(cfg.dtype, device)
         )
+    if getattr(backend, "processor", None) is not None:
+        check_box_units(todo, backend.model, backend.processor, out.parent, source)
     out.parent.mkdir(parents=True, exist_ok=True)
     # The settings go first, so every line written is covered by them; each run adds its config and metadata.
     runs = json.loads(settings_path(out).read_text(encoding="utf-8"))["runs"] if lines else []

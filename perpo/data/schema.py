@@ -15,6 +15,9 @@ Fields:
     target    list | str   what the reward compares with: the exact ground-truth box [x1, y1, x2, y2] normalised
                      in `frame` (grounding), or the reference text (ocr)
     frame     str    grounding only: "padded" | "original" — the box frame of `answer`, `target` and responses
+    pixels    [W, H] grounding only, optional: `answer`, `target` and responses are absolute pixel coordinates of
+                     the W x H image the model sees (Qwen2.5-VL's resized image; `frame` is then "original").
+                     IoU does not change when both boxes are scaled, so rewards compare them as they are.
     responses list[str]    the N sampled responses
     rewards   list[float]  one reward per response, higher is better
     reward    str    the reward's name (registry name or dotted path)
@@ -48,7 +51,7 @@ from perpo.config import ConfigError
 TASKS = ("grounding", "ocr")
 STAGES = ("instructions", "samples", "train")
 _BASE_FIELDS = {"id": str, "task": str, "image": str, "question": str, "answer": str}
-_OPTIONAL = {"frame", "meta", "sampler", "responses", "rewards", "reward", "target"}
+_OPTIONAL = {"frame", "pixels", "meta", "sampler", "responses", "rewards", "reward", "target"}
 
 
 class RecordError(ConfigError):
@@ -106,6 +109,18 @@ def validate_record(
             and all(isinstance(v, (int, float)) and math.isfinite(v) for v in target)
         ):
             raise fail("target", f"must be a box [x1, y1, x2, y2] of 4 finite numbers, got {target!r}")
+        if "pixels" in record:
+            pixels = record["pixels"]
+            if not (
+                isinstance(pixels, list)
+                and len(pixels) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pixels)
+            ):
+                raise fail("pixels", f"must be the model's image size [width, height] in pixels, got {pixels!r}")
+            if record["frame"] != "original":
+                raise fail("frame", "must be 'original' when boxes are pixels of a resized image ('pixels')")
+    elif "pixels" in record:
+        raise fail("pixels", "is for grounding records only")
     elif not isinstance(record["target"], str):
         raise fail("target", f"must be the reference text (str) for ocr, got {type(record['target']).__name__}")
     for field in ("meta", "sampler"):

@@ -12,10 +12,12 @@ Sources:
                 prompt}, {"from": "gpt", "value": page text}]} plus a folder of page images.
     perpo-json  the released PerPO `data.json` (`answers_gen`, `iou_scores`), see `import_perpo_data`.
 
-Grounding records (one per referring expression): question = `grounding_question(expression)`; answer = the
-ground-truth box in `frame` written with `format_box` (2 decimals, what SFT trains on); target = the exact,
-unrounded box in that frame (what the IoU reward compares with); meta = dataset, split, ids, the pixel bbox
-(COCO xywh), width and height, so a record can be re-expressed in the other frame later.
+Grounding records (one per referring expression): question = the family's `grounding_question(expression)`;
+answer = the ground-truth box in `frame` as the family writes it (LLaVA: `format_box`, 2 decimals, what SFT
+trains on); target = the exact, unrounded box in that frame (what the IoU reward compares with); meta = dataset,
+split, ids, the pixel bbox (COCO xywh), width and height, so a record can be re-expressed in the other frame
+later. For a family that answers in pixels of its resized image (Qwen2.5-VL) answer and target are in those
+pixels and `pixels` holds that image's size.
 
 Image paths: the sources return absolute paths; `write_records` stores each path relative to the output
 file's folder when the image lies under that folder, else absolute. `perpo sample` resolves relative paths
@@ -39,8 +41,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from perpo.boxes import FRAMES, Box, format_box, gt_box_in_frame, parse_box
+from perpo.boxes import FRAMES, Box, denormalize_box, gt_box_in_frame, parse_box
 from perpo.data.schema import RecordError, portable_image_path, validate_record
+from perpo.families import LLAVA, Family
 from perpo.prompts import GROUNDING_QUESTION, OCR_QUESTION, grounding_question
 from perpo.rewards import iou_reward
 
@@ -58,13 +61,17 @@ def _check_frame(frame: str) -> None:
         raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
 
 
-def grounding_record(row: Mapping[str, Any], image: str, frame: str) -> dict:
+def grounding_record(
+    row: Mapping[str, Any], image: str, frame: str, family: Family = LLAVA, processor: Any = None
+) -> dict:
     """One instruction record from a flat refer row (`perpo.data.refer.load_refer_rows`).
 
     Args:
         row: id, dataset, split, width, height, bbox (COCO xywh pixels), expression and the refer ids.
         image: the image path to store.
         frame: "padded" (LLaVA-1.5's square) or "original": the frame of `answer` and `target`.
+        family: the model family the data is for: its question, and how its answers write a box.
+        processor: that model's processor, for a family whose boxes are pixels of the image it makes.
 
     Returns:
         A record of stage "instructions".
@@ -73,25 +80,33 @@ def grounding_record(row: Mapping[str, Any], image: str, frame: str) -> dict:
     box = gt_box_in_frame(row["bbox"], row["width"], row["height"], frame)
     meta = {key: row[key] for key in ("dataset", "split", "ref_id", "ann_id", "image_id", "sent_id", "category")}
     meta |= {"width": int(row["width"]), "height": int(row["height"]), "bbox": [float(v) for v in row["bbox"]]}
-    return {
-        "id": str(row["id"]),
-        "task": "grounding",
-        "image": image,
-        "question": grounding_question(row["expression"]),
-        "answer": format_box(box),
-        "target": [float(v) for v in box],
-        "frame": frame,
-        "meta": meta,
-    }
+    record: dict[str, Any] = {"id": str(row["id"]), "task": "grounding", "image": image}
+    record["question"] = grounding_question(row["expression"], family.grounding_template)
+    pixels = family.answer_pixels(processor, int(row["width"]), int(row["height"]))
+    if pixels is not None:
+        if frame != "original":
+            raise ValueError(f"{family.model_type} answers in pixels of its resized image: use frame 'original'")
+        box = denormalize_box(box, *pixels)
+        record["pixels"] = list(pixels)
+    record |= {"answer": family.write_box(box), "target": [float(v) for v in box], "frame": frame, "meta": meta}
+    return record
 
 
-def synth_instructions(data_dir: str | Path, split: str = "train", *, frame: str = "padded") -> list[dict]:
+def synth_instructions(
+    data_dir: str | Path,
+    split: str = "train",
+    *,
+    frame: str = "padded",
+    family: Family = LLAVA,
+    processor: Any = None,
+) -> list[dict]:
     """Instruction records of one split of the synthetic benchmark (`perpo data synth`).
 
     Args:
         data_dir: the benchmark folder (holds `synth_<split>.jsonl` and `images/`).
         split: "train", "val" or "test".
         frame: box frame of answers and targets (the synthetic images are square, so both frames agree).
+        family, processor: the model the data is for (`grounding_record`).
 
     Raises:
         FileNotFoundError: the split file is missing.
@@ -103,7 +118,7 @@ def synth_instructions(data_dir: str | Path, split: str = "train", *, frame: str
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: render the benchmark with `perpo data synth --out {data_dir}`")
     root = Path(os.path.abspath(data_dir))
-    return [grounding_record(row, str(root / row["image"]), frame) for row in read_jsonl(path)]
+    return [grounding_record(row, str(root / row["image"]), frame, family, processor) for row in read_jsonl(path)]
 
 
 def refer_instructions(
@@ -114,6 +129,8 @@ def refer_instructions(
     split: str = "train",
     frame: str = "padded",
     split_by: Mapping[str, str] | None = None,
+    family: Family = LLAVA,
+    processor: Any = None,
 ) -> list[dict]:
     """Instruction records of RefCOCO/RefCOCO+/RefCOCOg (or any refer-layout dataset), one per expression.
 
@@ -127,6 +144,7 @@ def refer_instructions(
         split: the refer split ("train" for preference data).
         frame: box frame of answers and targets.
         split_by: per-dataset split scheme; default `perpo.data.refer.DEFAULT_SPLIT_BY` (unc, unc, umd).
+        family, processor: the model the data is for (`grounding_record`).
 
     Returns:
         Records of all datasets, dataset by dataset in the given order, then by (ref_id, sent_id).
@@ -138,7 +156,7 @@ def refer_instructions(
     for dataset in datasets:
         rows = load_refer_rows(root, dataset, split, split_by=(split_by or {}).get(dataset), image_dir=image_dir)
         logger.info("%s %s: %d expressions", dataset, split, len(rows))
-        records += [grounding_record(row, str(image_dir / row["image"]), frame) for row in rows]
+        records += [grounding_record(row, str(image_dir / row["image"]), frame, family, processor) for row in rows]
     return records
 
 

@@ -224,11 +224,18 @@ def save_tiny_model(out: Path, spec: TinySpec = TinySpec(), model=None) -> Path:
 FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_5_vl")
 QWEN_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 QWEN_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<image>\n", "<|vision_start|><|image_pad|><|vision_end|>\n")
+QWEN_PATCH = 14
+"""Qwen2.5-VL's own patch size: with its 2 x 2 merge, images are resized to multiples of 28 pixels, the grid that
+lmms-eval's `qwen2_5_vl` model (through qwen-vl-utils) and the perpo_*_qwen tasks assume."""
+QWEN_MIN_PIXELS = 56 * 56
+QWEN_MAX_PIXELS = 112 * 112
+"""The tiny Qwen's image sizes: 56 x 56 (4 merged tokens) to 112 x 112 (16 merged tokens)."""
 
 
 def build_qwen2_5_vl(spec: TinySpec = TinySpec()):
     """A tiny random Qwen2.5-VL + processor from config: the same word-level tokenizer with Qwen's vision tokens,
-    a windowed ViT with a 2 × 2 patch merger, M-RoPE over a Qwen2 language model (sections split over 3 axes).
+    a windowed ViT with Qwen2.5-VL's 14-pixel patches and 2 × 2 patch merger, M-RoPE over a Qwen2 language model
+    (sections split over 3 axes).
 
     Returns:
         (model, processor)
@@ -242,7 +249,7 @@ def build_qwen2_5_vl(spec: TinySpec = TinySpec()):
     tokenizer.chat_template = QWEN_CHAT_TEMPLATE
     start, end, image, video = tokenizer.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS))
     half = spec.text_hidden // spec.text_heads // 2
-    pixels = {"patch_size": spec.patch_size, "merge_size": 2, "temporal_patch_size": 2}
+    pixels = {"patch_size": QWEN_PATCH, "merge_size": 2, "temporal_patch_size": 2}
     config = transformers.Qwen2_5_VLConfig(
         text_config=dict(
             **_text_sizes(spec, len(tokenizer)),
@@ -256,11 +263,11 @@ def build_qwen2_5_vl(spec: TinySpec = TinySpec()):
             hidden_size=spec.vision_hidden,
             intermediate_size=2 * spec.vision_hidden,
             num_heads=spec.vision_heads,
-            patch_size=spec.patch_size,
+            patch_size=QWEN_PATCH,
             spatial_merge_size=2,
             temporal_patch_size=2,
             out_hidden_size=spec.text_hidden,
-            window_size=4 * spec.patch_size,
+            window_size=4 * QWEN_PATCH,
             fullatt_block_indexes=[spec.vision_layers - 1],
         ),
         image_token_id=image,
@@ -273,10 +280,9 @@ def build_qwen2_5_vl(spec: TinySpec = TinySpec()):
     model.generation_config = transformers.GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
-    side = 2 * spec.patch_size  # the smallest image: one merged token
     processor = transformers.Qwen2_5_VLProcessor(
         image_processor=transformers.Qwen2VLImageProcessor(
-            **pixels, min_pixels=side * side, max_pixels=spec.image_size**2, image_mean=list(CLIP_MEAN),
+            **pixels, min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS, image_mean=list(CLIP_MEAN),
             image_std=list(CLIP_STD),
         ),
         tokenizer=tokenizer,

@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from perpo.boxes import Box, format_box
 from perpo.config import ConfigError
+from perpo.prompts import GROUNDING_QUESTION
 
 FAMILIES: dict[str, Family] = {}
 
@@ -25,6 +27,11 @@ class Family:
             encoded once and cached (LLaVA-1.5). False when the processor pads or tiles per batch.
         copies_prompt_cache: generation may encode a prompt once and copy its KV cache to its n samples (1-D
             positions); False makes each sample a full row (positions the model derives from the whole batch).
+        grounding_template: the family's referring-expression question (`{expression}` is filled in).
+        default_frame: the box frame of its answers when the user names none ("padded": LLaVA-1.5's square;
+            "original": the image as it is, which any resize preserves once coordinates are normalised).
+        pixel_boxes: its answers are absolute pixel coordinates of the image its processor makes (Qwen2.5-VL),
+            not coordinates normalised to [0, 1].
     """
 
     model_type: str
@@ -34,6 +41,9 @@ class Family:
     image_inputs: tuple[str, ...] = ("pixel_values",)
     per_image_pixels: bool = True
     copies_prompt_cache: bool = True
+    grounding_template: str = GROUNDING_QUESTION
+    default_frame: str = "padded"
+    pixel_boxes: bool = False
 
     def transformers_class(self):
         import transformers
@@ -60,6 +70,15 @@ class Family:
     def text_inputs(self, config, input_ids) -> dict:
         """Model inputs derived from the token ids beyond `input_ids` itself (none for 1-D position families)."""
         return {}
+
+    def answer_pixels(self, processor, width: int, height: int) -> tuple[int, int] | None:
+        """`(width, height)` of the image the model sees for a `width` x `height` image, when its answers are pixel
+        coordinates of that image; None when they are normalised (then the processor's size does not matter)."""
+        return None
+
+    def write_box(self, box: Box) -> str:
+        """An answer as the family writes it, for a box in its units (normalised, or pixels of `answer_pixels`)."""
+        return format_box(box)
 
     def prompt_positions(self, model, prompt_ids: list[list[int]], has_image: list[bool], images: dict):
         """Rotary positions of each prompt when they are not 0 .. P-1 (None: 1-D positions, as in Llama / LLaVA).

@@ -3,6 +3,9 @@
 What differs from LLaVA:
 - images are flattened patches: `pixel_values` [sum of patches, D] with `image_grid_thw` [images, 3] beside it, so
   an image's rows are a slice whose length is its grid's product, and nothing is cached per list;
+- boxes are absolute pixel coordinates of the image the processor resized (`smart_resize`: each side a multiple
+  of patch x merge, the area within the processor's min/max pixels), written as JSON `[{"bbox_2d": [x1, y1, x2,
+  y2]}]`. Normalised by that size they are boxes in the original frame (a resize keeps relative positions);
 - positions are 3-D (M-RoPE: temporal, height, width): an image's tokens sit on their grid and the text after it
   continues from the largest position + 1. The model computes them itself from `mm_token_type_ids` for a plain
   forward; the shared-prefix layouts take each prompt's positions from the model's own `get_rope_index` and put
@@ -11,10 +14,29 @@ What differs from LLaVA:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from perpo.boxes import Box
 from perpo.families.base import Family, register
+from perpo.prompts import QWEN_GROUNDING_QUESTION
+
+QWEN_FACTOR = 28
+"""Qwen2.5-VL's resize grid: 14-pixel patches, merged 2 x 2."""
+
+
+def resized_size(
+    width: int, height: int, *, factor: int = QWEN_FACTOR, min_pixels: int, max_pixels: int
+) -> tuple[int, int]:
+    """`(width, height)` of the image a Qwen-VL processor makes from a `width` x `height` one: transformers' own
+    `smart_resize` (each side a multiple of `factor`, the area within [min_pixels, max_pixels])."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    resized_height, resized_width = smart_resize(
+        height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels
+    )
+    return resized_width, resized_height
 
 
 @dataclass(frozen=True)
@@ -35,6 +57,21 @@ class QwenVLFamily(Family):
             "pixel_values": torch.cat([pixels[starts[i] : starts[i] + sizes[i]] for i in picks]),
             "image_grid_thw": grid.index_select(0, index),
         }
+
+    def answer_pixels(self, processor, width: int, height: int) -> tuple[int, int]:
+        """The size the processor resizes a `width` x `height` image to (`resized_size` with the processor's patch
+        size x merge size and its min / max pixels)."""
+        images = processor.image_processor
+        return resized_size(
+            width,
+            height,
+            factor=images.patch_size * images.merge_size,
+            min_pixels=images.size["shortest_edge"],
+            max_pixels=images.size["longest_edge"],
+        )
+
+    def write_box(self, box: Box) -> str:
+        return json.dumps([{"bbox_2d": [round(v) for v in box]}])
 
     def text_inputs(self, config, input_ids) -> dict:
         return {"mm_token_type_ids": (input_ids == config.image_token_id).int()}
@@ -65,5 +102,8 @@ QWEN2_5_VL = register(
         image_inputs=("pixel_values", "image_grid_thw"),
         per_image_pixels=False,
         copies_prompt_cache=False,
+        grounding_template=QWEN_GROUNDING_QUESTION,
+        default_frame="original",
+        pixel_boxes=True,
     )
 )

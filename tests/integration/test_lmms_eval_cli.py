@@ -1,12 +1,14 @@
 """The real `lmms-eval` CLI, as a subprocess and offline, on the tiny LLaVA with local fixtures.
 
-Three CLI runs (each costs ~25 s of imports on the project's CPU, so every run carries many tasks):
+Four CLI runs (each costs ~25 s of imports on the project's CPU, so every run carries many tasks):
 
 1. `lmms-eval --model perpo_llava` on grounding in both frames, best-of-N, no-image, a RefCOCO group prepared by
    `perpo data refcoco`, and English/Chinese page OCR;
 2. `lmms-eval --model llava_hf` (the stock wrapper: device_map=cpu, batch 1, no image-less documents) on the image
    tasks, whose greedy answers must equal perpo_llava's;
-3. `python -S -m lmms_eval --tasks list` against a non-editable install of a freshly built wheel: the plain CLI
+3. `lmms-eval --model qwen2_5_vl` (lmms-eval's own Qwen2.5-VL wrapper, through qwen-vl-utils) on the `_qwen` tasks,
+   with a tiny Qwen2.5-VL taught the fixture's answers: every box is read in the frame it was written in;
+4. `python -S -m lmms_eval --tasks list` against a non-editable install of a freshly built wheel: the plain CLI
    finds the perpo tasks through the entry point alone, with no --include_path.
 """
 
@@ -22,6 +24,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from qwen_helpers import QWEN_ENV, qwen_task_docs, teach_answers
 
 pytestmark = pytest.mark.slow
 
@@ -178,6 +181,36 @@ def test_lmms_eval_cli_with_perpo_llava_and_llava_hf(model, env, tmp_path):
     for task in ("perpo_synth_val", "perpo_refcoco_val_orig", "perpo_fox_en_page"):
         assert [answer(row) for row in ours[1][task]] == [answer(row) for row in stock[1][task]], task
         assert [r["input"] for r in ours[1][task]] == [r["input"] for r in stock[1][task]]
+
+
+def test_lmms_eval_own_qwen2_5_vl_reads_qwen_pixel_boxes_in_their_frame(tiny_model_of, env, tmp_path):
+    """lmms-eval's `qwen2_5_vl` (bf16, qwen-vl-utils resizing, its own chat messages) on a tiny Qwen2.5-VL that
+    answers the fixture exactly: AP@50 is 1 on landscape, portrait and square images, and the same answers read
+    as pixels of the original image instead of the resized one would miss."""
+    from perpo.boxes import box_iou, parse_box
+
+    splits = [("refcoco", "val"), ("refcocog", "test")]
+    docs = qwen_task_docs(Path(env["PERPO_REFCOCO_DIR"]), splits)
+    model = teach_answers(tiny_model_of("qwen2_5_vl"), docs, tmp_path / "taught_qwen")
+    bounds = f"min_pixels={QWEN_ENV['PERPO_QWEN_MIN_PIXELS']},max_pixels={QWEN_ENV['PERPO_QWEN_MAX_PIXELS']}"
+    tasks = [f"perpo_{dataset}_{split}_qwen" for dataset, split in splits]
+    args = ["--model", "qwen2_5_vl", "--model_args", f"pretrained={model},device=cpu,device_map=cpu,{bounds}",
+            "--tasks", ",".join(tasks), "--limit", str(LIMIT), "--batch_size", "1",
+            "--gen_kwargs", "max_new_tokens=40"]  # fmt: skip
+    results, samples = run_lmms_eval(args, {**env, **QWEN_ENV}, tmp_path / "qwen2_5_vl" / "out")
+    rows = [row for task in tasks for row in samples[task]]
+    assert len(rows) == len(docs) == 5
+    assert {(r["record"]["width"], r["record"]["height"]) for r in rows} == {(40, 24), (24, 40), (32, 32)}
+    for task in tasks:
+        values = results["results"][task]
+        assert values["ap50,none"] == 1.0 and values["parse_fail,none"] == 0.0 and values["frame,none"] == "original"
+    wrong_frame = [
+        box_iou(parse_box(r["record"]["response"], fmt="pixel", size=(r["record"]["width"], r["record"]["height"])),
+                r["record"]["gt_box"])
+        for r in rows
+    ]  # fmt: skip
+    assert all(r["record"]["pixels"] != [r["record"]["width"], r["record"]["height"]] for r in rows)
+    assert sum(iou >= 0.5 for iou in wrong_frame) < len(rows)
 
 
 def test_plain_lmms_eval_finds_the_tasks_from_a_non_editable_install(tmp_path):

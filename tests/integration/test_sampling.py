@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from perpo.cli import main
+from perpo.config import ConfigError
 from perpo.data.schema import dump_record, load_records
 from perpo.data.sources import synth_instructions, write_records
 from perpo.sampling import SampleConfig, load_hf_backend, run_sample
@@ -156,3 +157,28 @@ def test_end_to_end_spread_on_the_warmed_up_model(base_model_asset, tmp_path, ca
     assert stats["best_of_n"]["k"] == [1, 2, 4, 8] and hits[-1] > hits[0]
     train = load_records(tmp_path / "built" / "train.jsonl", stage="train", n=8)
     assert all(max(r["rewards"]) - min(r["rewards"]) >= 0.8 - 1e-9 for r in train)
+
+
+def test_a_qwen_model_samples_its_own_instructions_and_refuses_normalised_ones(tiny_model_of, synth_data, tmp_path):
+    """Instructions built for the Qwen2.5-VL checkpoint (`--model`) sample and score; instructions with
+    normalised boxes are refused before anything is written, since its answers are pixels of its resized image."""
+    qwen = str(tiny_model_of("qwen2_5_vl"))
+    inst = tmp_path / "qwen_instructions.jsonl"
+    argv = ["data", "instructions", "--source", "synth", "--data", str(synth_data), "--split", "val"]
+    assert main([*argv, "--model", qwen, "--out", str(inst)]) == 0
+    out = tmp_path / "qwen" / "samples.jsonl"
+    sample_argv = ["sample", "--model", qwen, "--n", "2", "--limit", "3", "--max_new_tokens", "8", "--device", "cpu"]
+    assert main([*sample_argv, "--instructions", str(inst), "--out", str(out), "--progress", "false"]) == 0
+    records = load_records(out, stage="samples", n=2)
+    assert len(records) == 3 and all(r["pixels"] and r["frame"] == "original" for r in records)
+    assert main(["build-data", "--samples", str(out), "--margin", "0", "--out", str(tmp_path / "built")]) == 0
+    assert len(load_records(tmp_path / "built" / "train.jsonl", stage="train", n=2)) == 3
+
+    llava_inst = tmp_path / "llava_instructions.jsonl"
+    assert main([*argv, "--out", str(llava_inst)]) == 0
+    refused = tmp_path / "refused" / "samples.jsonl"
+    with pytest.raises(ConfigError, match="writes normalised boxes, but this qwen2_5_vl model answers in pixels"):
+        run_sample(
+            SampleConfig(model=qwen, instructions=str(llava_inst), out=str(refused), n=2, limit=1, device="cpu")
+        )
+    assert not refused.exists()

@@ -118,3 +118,28 @@ def test_aggregations(refcoco_utils):
     assert refcoco_utils.same_value(["padded", "padded"]) == "padded"
     assert refcoco_utils.same_value(["padded", "original"]) == "original+padded"
     assert refcoco_utils.count([{}, {}, {}]) == 3
+
+
+def test_qwen_variant_reads_json_pixel_boxes_of_the_image_it_hands_over(docs, refcoco_utils, monkeypatch):
+    """`_qwen`: the image is resized to Qwen2.5-VL's grid (lmms-eval's qwen2_5_vl bounds, or the environment's),
+    and the answer's pixels are read in that image, so the same box scores 1 whatever the bounds."""
+    doc = docs[0]  # 300x100, GT original [0.1, 0, 0.4, 1]
+    [image] = refcoco_utils.visual_qwen(doc)
+    # 300x100 rounds to 308x112 (28-multiples), 34,496 px: below lmms-eval's min 200,704, so scaled up by
+    # sqrt(200704 / 30000) = 2.587 and rounded up to 28-multiples
+    assert image.size == (784, 280)
+    width, height = image.size
+    answer = f'```json\n[{{"bbox_2d": [{0.1 * width:.0f}, 0, {0.4 * width:.0f}, {height}], "label": "x"}}]\n```'
+    scored = refcoco_utils.results_qwen(doc, [answer])
+    assert scored["iou"] == pytest.approx(1.0, abs=0.01) and scored["frame"] == "original"
+    assert scored["record"]["pixels"] == [width, height]
+    monkeypatch.setenv("PERPO_QWEN_MIN_PIXELS", str(56 * 56))
+    monkeypatch.setenv("PERPO_QWEN_MAX_PIXELS", str(112 * 112))
+    small = refcoco_utils.results_qwen(doc, [""])["record"]["pixels"]
+    assert refcoco_utils.visual_qwen(doc)[0].size == tuple(small) == (168, 56)  # above 12,544 px: scaled down
+    assert refcoco_utils.results_qwen(doc, ['[{"bbox_2d": [17, 0, 67, 56]}]'])["iou"] == pytest.approx(1.0, abs=0.01)
+    assert refcoco_utils.results_qwen(doc, ["[0.1, 0, 0.4, 1]"])["ap50"] == 0.0  # normalised numbers are not pixels
+    assert "Locate the red circle in the image" in refcoco_utils.text_qwen(doc)
+    monkeypatch.setenv("PERPO_QWEN_MAX_PIXELS", "12k")
+    with pytest.raises(ValueError, match="PERPO_QWEN_MAX_PIXELS must be a positive whole number"):
+        refcoco_utils.visual_qwen(doc)

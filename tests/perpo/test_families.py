@@ -65,3 +65,35 @@ def test_image_inputs_are_what_the_processor_gives_and_caching_follows_the_pixel
 def test_an_unknown_model_type_names_the_supported_families():
     with pytest.raises(ConfigError, match=r"ckpt: model_type 'gpt2' is not a supported family \(llava, llava_next"):
         family_for_type("gpt2", "ckpt")
+
+
+@pytest.mark.parametrize("size", [(20, 20), (17, 40), (40, 24), (300, 200), (1000, 30)])
+def test_answer_pixels_is_the_size_of_the_image_the_processor_makes(built, size):
+    """A pixel-box family's frame is the very image its processor hands the model (grid x patch size); a
+    normalised-box family has none."""
+    from PIL import Image
+
+    name, _, processor = built
+    family = FAMILIES[name]
+    pixels = family.answer_pixels(processor, *size)
+    if not family.pixel_boxes:
+        assert pixels is None
+        return
+    grid = processor(images=[Image.new("RGB", size)], text=[chat_prompt(processor, "x")], return_tensors="pt")
+    _, rows, cols = grid["image_grid_thw"][0].tolist()
+    patch = processor.image_processor.patch_size
+    assert pixels == (cols * patch, rows * patch)
+
+
+def test_each_family_writes_boxes_its_parser_reads_back(built):
+    from perpo.boxes import parse_box
+
+    name, _, processor = built
+    family = FAMILIES[name]
+    pixels = family.answer_pixels(processor, 300, 200)
+    box = (0.12, 0.25, 0.5, 0.75)
+    if pixels:  # pixel coordinates are written as whole pixels, in Qwen's JSON
+        box = (round(box[0] * pixels[0]), round(box[1] * pixels[1]), round(box[2] * pixels[0]), 150)
+        assert family.write_box(box).startswith('[{"bbox_2d": [')
+    assert parse_box(family.write_box(box)) == pytest.approx(box)
+    assert "{expression}" in family.grounding_template

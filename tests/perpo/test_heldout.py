@@ -61,6 +61,18 @@ def test_flat_rows_and_listwise_records_mix_and_resolve_images(folder):
     assert row_target(record, "original") == tuple(RECORD["target"])
 
 
+def test_flat_rows_are_asked_and_scored_the_way_a_qwen_model_answers(folder, tiny_model_of):
+    """A Qwen2.5-VL model gets its own question, and the flat row's box in pixels of its resized image."""
+    from perpo.families import QWEN2_5_VL
+    from perpo.modeling import load_processor
+
+    flat = load_eval_rows(_write(folder / "val.jsonl", FLAT))[0]
+    processor = load_processor(tiny_model_of("qwen2_5_vl"))
+    assert row_question(flat, QWEN2_5_VL).startswith("Locate the red circle in the image")
+    # 64x64 resized to 56x56 by the tiny Qwen's processor; the box is [0.125, 0.25, 0.375, 0.75] of the image
+    assert row_target(flat, "original", QWEN2_5_VL, processor) == pytest.approx((7, 14, 21, 42))
+
+
 def test_limit_and_image_root(folder, tmp_path_factory):
     elsewhere = _write(tmp_path_factory.mktemp("other") / "val.jsonl", FLAT, FLAT, {"broken": True})
     rows = load_eval_rows(elsewhere, image_root=folder, limit=2)  # the broken third line is never read

@@ -84,6 +84,10 @@ def test_valid_records_pass_at_every_stage():
         (grounding(rewards=[True, 0.0]), "train", "rewards", "must be a list of finite numbers"),
         (grounding(rewards=[1.0]), "train", "rewards", "has 1 values for 2 responses"),
         (grounding(reward=_DROP), "train", "reward", "must name the reward"),
+        (grounding(frame="original", pixels=[84, 0]), "train", "pixels", "image size [width, height]"),
+        (grounding(frame="original", pixels=[84.0, 56]), "train", "pixels", "image size [width, height]"),
+        (grounding(pixels=[84, 56]), "train", "frame", "must be 'original'"),
+        (ocr(pixels=[84, 56]), "instructions", "pixels", "for grounding records only"),
     ],
 )
 def test_each_failure_names_place_and_field(record, stage, field, problem):

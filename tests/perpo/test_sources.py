@@ -383,3 +383,31 @@ def test_import_cli(tmp_path, refer_root, capsys):
     assert "2 lists (1 with exact targets from refer)" in capsys.readouterr().out
     records = load_records(out, stage="train", n=3)
     assert records[0]["target"] == [0.15625, 0.203125, 0.46875, 0.359375]
+
+
+def test_records_for_a_qwen_model_write_json_pixel_boxes_of_its_resized_image(refer_root, tiny_model_of, tmp_path):
+    """`--model` of a Qwen2.5-VL checkpoint: its question, boxes in pixels of the image its processor makes
+    (`pixels`), the frame original; the answer's IoU with the target is the rounding's only."""
+    from perpo.families import QWEN2_5_VL
+    from perpo.modeling import load_processor
+    from perpo.rewards import iou_reward
+
+    qwen = tiny_model_of("qwen2_5_vl")
+    out = tmp_path / "qwen.jsonl"
+    argv = ["data", "instructions", "--source", "refcoco", "--refer_root", str(refer_root), "--datasets", "refcoco"]
+    argv += ["--coco_images", str(refer_root / "train2014"), "--model", str(qwen)]
+    assert main([*argv, "--out", str(out)]) == 0
+    records = load_records(out, stage="instructions")
+    first = records[0]
+    pixels = QWEN2_5_VL.answer_pixels(load_processor(qwen), 640, 480)
+    assert first["pixels"] == list(pixels) == [112, 84] and first["frame"] == "original"
+    # the pixel box of the 640x480 image's [100, 50, 200, 100] (xywh) scaled to 112x84
+    assert first["target"] == pytest.approx([100 / 640 * 112, 50 / 480 * 84, 300 / 640 * 112, 150 / 480 * 84])
+    assert first["answer"] == '[{"bbox_2d": [18, 9, 52, 26]}]'
+    assert (
+        first["question"] == "Locate glass behind burger in the image, and output its bbox coordinates in JSON format."
+    )
+    assert iou_reward(first["answer"], first["target"]) > 0.9
+    with pytest.raises(SystemExit):
+        main([*argv, "--frame", "padded", "--out", str(tmp_path / "padded.jsonl")])
+    assert not (tmp_path / "padded.jsonl").exists()

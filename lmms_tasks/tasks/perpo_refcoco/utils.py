@@ -12,13 +12,16 @@ from lmms_tasks.grounding_hooks import (  # noqa: F401  (re-exported: the YAMLs 
     results_bon_padded,
     results_original,
     results_padded,
+    results_qwen,
     same_value,
     text_llava15,
     text_lmms_eval,
+    text_qwen,
     visual_blank,
     visual_none,
     visual_original,
     visual_padded,
+    visual_qwen,
 )
 
 
