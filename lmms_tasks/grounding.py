@@ -128,25 +128,41 @@ def _record(doc: dict, frame: str) -> dict:
     }
 
 
-def process_results(doc: dict, results: Sequence[str], *, frame: str, pixels: bool = False) -> dict:
+BOXES = ("norm", "qwen_pixels", "qwen_relative")
+"""How an answer writes its box: normalised to [0, 1] (LLaVA), absolute pixels of the `qwen_pixels` image
+(Qwen2.5-VL), or relative on a 0-1000 grid (Qwen3-VL)."""
+
+
+def read_answer_box(doc: dict, response: str, boxes: str = "norm"):
+    """The first box of an answer, normalised (`perpo.boxes.parse_box`), read the way `boxes` says it is written."""
+    if boxes == "qwen_pixels":
+        return parse_box(response, fmt="pixel", size=qwen_pixels(doc))
+    if boxes == "qwen_relative":
+        return parse_box(response, fmt="qwen")
+    if boxes != "norm":
+        raise ValueError(f"unknown box convention {boxes!r}; valid: {', '.join(BOXES)}")
+    return parse_box(response)
+
+
+def process_results(doc: dict, results: Sequence[str], *, frame: str, boxes: str = "norm") -> dict:
     """Score the first response of a document (greedy tasks).
 
     Args:
         doc: A grounding document (image columns may have been removed by lmms-eval).
         results: The model's responses; only the first is scored.
         frame: The frame the answer is read in.
-        pixels: The answer is absolute pixels of the `qwen_pixels` image (read back to `frame`, the original).
+        boxes: How the answer writes its box (`BOXES`); Qwen's are read back to `frame`, the original.
 
     Returns:
-        The metric floats, `frame`, and `record` (identifying fields, the parsed box and the raw response).
+        The metric floats, `frame`, and `record` (identifying fields, the parsed box and the raw response; for
+        `qwen_pixels` also `pixels`, the size of the image the box was read in).
     """
     response = results[0] if results else ""
-    size = qwen_pixels(doc) if pixels else None
-    pred = parse_box(response, fmt="pixel", size=size) if size else parse_box(response)
+    pred = read_answer_box(doc, response, boxes)
     scores = box_metrics(pred, gt_box(doc, frame))
     record = _record(doc, frame)
-    if size:
-        record["pixels"] = list(size)
+    if boxes == "qwen_pixels":
+        record["pixels"] = list(qwen_pixels(doc))
     record.update({"pred_box": list(pred) if pred is not None else None, "response": response})
     return {**scores, "frame": frame, "record": record}
 

@@ -52,7 +52,11 @@ def results_original(doc, results):
 
 
 def results_qwen(doc, results):
-    return grounding.process_results(doc, results, frame="original", pixels=True)
+    return grounding.process_results(doc, results, frame="original", boxes="qwen_pixels")
+
+
+def results_qwen3(doc, results):
+    return grounding.process_results(doc, results, frame="original", boxes="qwen_relative")
 
 
 def results_bon_padded(doc, results):

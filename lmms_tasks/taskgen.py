@@ -15,9 +15,11 @@ LLaVA-1.5's prompt, greedy):
 | `_noimg`            | padded   | llava15    | none   | 1       |
 | `_blankimg`         | padded   | llava15    | blank  | 1       |
 | `_qwen`             | original | qwen       | image  | 1       |
+| `_qwen3`            | original | qwen       | image  | 1       |
 
 `_qwen` asks in Qwen2.5-VL's words and reads its JSON `bbox_2d` answer as absolute pixels of the image it was
 handed, which the task resizes itself to the size Qwen2.5-VL's processor would make (`grounding.qwen_pixels`).
+`_qwen3` asks the same and reads the box as Qwen3-VL writes it, relative on a 0-1000 grid of the image.
 
 Fox page OCR: `perpo_fox_<en|cn>_page` with variants `_bon20`, `_noimg`, `_blankimg`.
 """
@@ -53,7 +55,7 @@ class Variant:
     prompt: str = "llava15"
     image: str = "image"
     samples: int = 1
-    pixel_boxes: bool = False
+    boxes: str = "norm"
 
 
 GROUNDING_VARIANTS: tuple[Variant, ...] = (
@@ -64,7 +66,8 @@ GROUNDING_VARIANTS: tuple[Variant, ...] = (
     Variant("_orig_bon20", frame="original", samples=20),
     Variant("_noimg", image="none"),
     Variant("_blankimg", image="blank"),
-    Variant("_qwen", frame="original", prompt="qwen", pixel_boxes=True),
+    Variant("_qwen", frame="original", prompt="qwen", boxes="qwen_pixels"),
+    Variant("_qwen3", frame="original", prompt="qwen", boxes="qwen_relative"),
 )
 SYNTH_VARIANTS: tuple[Variant, ...] = (
     Variant(""),
@@ -73,7 +76,8 @@ SYNTH_VARIANTS: tuple[Variant, ...] = (
     Variant("_bon20", samples=20),
     Variant("_noimg", image="none"),
     Variant("_blankimg", image="blank"),
-    Variant("_qwen", frame="original", prompt="qwen", pixel_boxes=True),
+    Variant("_qwen", frame="original", prompt="qwen", boxes="qwen_pixels"),
+    Variant("_qwen3", frame="original", prompt="qwen", boxes="qwen_relative"),
 )
 OCR_VARIANTS: tuple[Variant, ...] = (
     Variant("", frame="page", prompt="fox"),
@@ -174,10 +178,11 @@ def grounding_task(task: str, loader: str, variant: Variant) -> dict:
     """The keys of one grounding task YAML (on top of the template)."""
     frame_key = "padded" if variant.frame == "padded" else "original"
     visual = {"image": f"visual_{frame_key}", "none": "visual_none", "blank": "visual_blank"}[variant.image]
-    if variant.pixel_boxes:
+    if variant.boxes != "norm":  # Qwen's conventions: results_qwen (pixels of the resized image), results_qwen3
         if variant.image != "image" or variant.samples != 1:
-            raise ValueError(f"{task}: pixel-box variants hand over the resized image and score one answer")
-        visual, frame_key = "visual_qwen", "qwen"
+            raise ValueError(f"{task}: Qwen box variants score one answer on the real image")
+        frame_key = {"qwen_pixels": "qwen", "qwen_relative": "qwen3"}[variant.boxes]
+        visual = "visual_qwen" if variant.boxes == "qwen_pixels" else visual
     config: dict = {
         "include": TEMPLATE_NAME,
         "task": task,
@@ -205,8 +210,8 @@ def grounding_task(task: str, loader: str, variant: Variant) -> dict:
         "image": variant.image,
         "samples": variant.samples,
     }
-    if variant.pixel_boxes:
-        config["metadata"]["boxes"] = "qwen_pixels"
+    if variant.boxes != "norm":
+        config["metadata"]["boxes"] = variant.boxes
     return config
 
 

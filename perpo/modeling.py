@@ -1,7 +1,7 @@
 """Loading models and processors, LoRA (peft), freezing, and the reference policy.
 
 The checkpoint's `config.model_type` picks its family (`perpo.families`: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision,
-Qwen2.5-VL),
+Qwen2.5-VL, Qwen3-VL),
 which names the transformers class, the projector and the language model. What trains follows the released
 PerPO recipe: LoRA on the language model's linear layers, the multimodal projector fully (as a peft
 `modules_to_save`, so that disabling the adapter also restores the original projector), the vision tower frozen.
@@ -155,7 +155,7 @@ def apply_lora(
         lora_alpha=alpha,
         lora_dropout=dropout,
         target_modules=family.lora_target_regex(targets),
-        modules_to_save=[family.projector] if train_projector else None,
+        modules_to_save=family.trained_modules(model.config) if train_projector else None,
         bias="none",
         task_type="CAUSAL_LM",
     )

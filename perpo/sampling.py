@@ -294,8 +294,8 @@ def sampled_record(instruction: dict, responses: list[str], settings: dict) -> d
 
 
 def check_box_units(records: Sequence[dict], model, processor, image_dir: Path, source: Path) -> None:
-    """Grounding records must write boxes the way the model answers: normalised, or (`pixels`) in pixels of the
-    very image its processor makes, else every reward would compare different units.
+    """Grounding records must write boxes the way the model answers: normalised, or (`pixels`) in the frame its
+    family answers in (the very image its processor makes, or a relative grid), else rewards would mix units.
 
     Raises:
         ConfigError: naming the record, both conventions and the command that rebuilds the instructions.
@@ -312,8 +312,8 @@ def check_box_units(records: Sequence[dict], model, processor, image_dir: Path, 
             expected = family.answer_pixels(processor, *image.size)
         have = record.get("pixels")
         if (list(expected) if expected is not None else None) != have:
-            want = f"pixels of its {expected[0]}x{expected[1]} image" if expected else "normalised boxes"
-            has = f"pixels of a {have[0]}x{have[1]} image" if have else "normalised boxes"
+            want = f"a {expected[0]}x{expected[1]} frame" if expected else "normalised boxes"
+            has = f"boxes in a {have[0]}x{have[1]} frame" if have else "normalised boxes"
             raise ConfigError(
                 f"{source}: record {record['id']!r} writes {has}, but this {family.model_type} model answers in "
                 f"{want}: rebuild the instructions for it with `perpo data instructions --model MODEL ...`"

@@ -15,9 +15,10 @@ Fields:
     target    list | str   what the reward compares with: the exact ground-truth box [x1, y1, x2, y2] normalised
                      in `frame` (grounding), or the reference text (ocr)
     frame     str    grounding only: "padded" | "original" — the box frame of `answer`, `target` and responses
-    pixels    [W, H] grounding only, optional: `answer`, `target` and responses are absolute pixel coordinates of
-                     the W x H image the model sees (Qwen2.5-VL's resized image; `frame` is then "original").
-                     IoU does not change when both boxes are scaled, so rewards compare them as they are.
+    pixels    [W, H] grounding only, optional: `answer`, `target` and responses are coordinates of a W x H frame,
+                     not normalised: the pixels of the image the model sees (Qwen2.5-VL's resized image) or a
+                     1000 x 1000 relative grid (Qwen3-VL); `frame` is then "original". IoU does not change when
+                     both boxes are scaled, so rewards compare them as they are.
     responses list[str]    the N sampled responses
     rewards   list[float]  one reward per response, higher is better
     reward    str    the reward's name (registry name or dotted path)

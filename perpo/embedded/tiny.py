@@ -221,7 +221,7 @@ def save_tiny_model(out: Path, spec: TinySpec = TinySpec(), model=None) -> Path:
     return out
 
 
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_5_vl")
+FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_5_vl", "qwen3_vl")
 QWEN_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 QWEN_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<image>\n", "<|vision_start|><|image_pad|><|vision_end|>\n")
 QWEN_PATCH = 14
@@ -230,6 +230,55 @@ lmms-eval's `qwen2_5_vl` model (through qwen-vl-utils) and the perpo_*_qwen task
 QWEN_MIN_PIXELS = 56 * 56
 QWEN_MAX_PIXELS = 112 * 112
 """The tiny Qwen's image sizes: 56 x 56 (4 merged tokens) to 112 x 112 (16 merged tokens)."""
+QWEN3_PATCH = 16
+"""Qwen3-VL's patch size (a resize grid of 32); the tiny Qwen3-VL takes 64 x 64 to 128 x 128 images."""
+
+
+def _qwen_tokenizer():
+    """The word-level tokenizer with Qwen's vision tokens and a chat template that writes them."""
+    tokenizer = build_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
+    tokenizer.image_token = "<|image_pad|>"
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _qwen_token_ids(tokenizer) -> dict:
+    start, end, image, video = tokenizer.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS))
+    return dict(image_token_id=image, video_token_id=video, vision_start_token_id=start, vision_end_token_id=end)
+
+
+def _special_ids(tokenizer) -> dict:
+    return dict(
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+
+
+def _mrope_section(spec: TinySpec) -> list[int]:
+    """The rotary half-dimensions split over (temporal, height, width), as the real models split theirs."""
+    half = spec.text_hidden // spec.text_heads // 2
+    return [half - 2 * (half // 3), half // 3, half // 3]
+
+
+def _qwen_model_and_processor(model_class, config, processor_class, video_class, tokenizer, patch, bounds, spec):
+    import torch
+    import transformers
+
+    torch.manual_seed(spec.seed)
+    model = model_class(config)
+    model.generation_config = transformers.GenerationConfig(**_special_ids(tokenizer))
+    pixels = {"patch_size": patch, "merge_size": 2, "temporal_patch_size": 2}
+    min_pixels, max_pixels = bounds
+    processor = processor_class(
+        image_processor=transformers.Qwen2VLImageProcessor(
+            **pixels, min_pixels=min_pixels, max_pixels=max_pixels, image_mean=list(CLIP_MEAN),
+            image_std=list(CLIP_STD),
+        ),
+        tokenizer=tokenizer,
+        video_processor=video_class(**pixels),
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )  # fmt: skip
+    return model, processor
 
 
 def build_qwen2_5_vl(spec: TinySpec = TinySpec()):
@@ -240,23 +289,14 @@ def build_qwen2_5_vl(spec: TinySpec = TinySpec()):
     Returns:
         (model, processor)
     """
-    import torch
     import transformers
 
-    tokenizer = build_tokenizer()
-    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
-    tokenizer.image_token = "<|image_pad|>"
-    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
-    start, end, image, video = tokenizer.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS))
-    half = spec.text_hidden // spec.text_heads // 2
-    pixels = {"patch_size": QWEN_PATCH, "merge_size": 2, "temporal_patch_size": 2}
+    tokenizer = _qwen_tokenizer()
     config = transformers.Qwen2_5_VLConfig(
         text_config=dict(
             **_text_sizes(spec, len(tokenizer)),
-            rope_scaling={"type": "mrope", "mrope_section": [half - 2 * (half // 3), half // 3, half // 3]},
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            rope_scaling={"type": "mrope", "mrope_section": _mrope_section(spec)},
+            **_special_ids(tokenizer),
         ),
         vision_config=dict(
             depth=spec.vision_layers,
@@ -270,26 +310,52 @@ def build_qwen2_5_vl(spec: TinySpec = TinySpec()):
             window_size=4 * QWEN_PATCH,
             fullatt_block_indexes=[spec.vision_layers - 1],
         ),
-        image_token_id=image,
-        video_token_id=video,
-        vision_start_token_id=start,
-        vision_end_token_id=end,
+        **_qwen_token_ids(tokenizer),
     )
-    torch.manual_seed(spec.seed)
-    model = transformers.Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config = transformers.GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
-    )
-    processor = transformers.Qwen2_5_VLProcessor(
-        image_processor=transformers.Qwen2VLImageProcessor(
-            **pixels, min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS, image_mean=list(CLIP_MEAN),
-            image_std=list(CLIP_STD),
-        ),
-        tokenizer=tokenizer,
-        video_processor=transformers.Qwen2VLVideoProcessor(**pixels),
-        chat_template=QWEN_CHAT_TEMPLATE,
+    return _qwen_model_and_processor(
+        transformers.Qwen2_5_VLForConditionalGeneration, config, transformers.Qwen2_5_VLProcessor,
+        transformers.Qwen2VLVideoProcessor, tokenizer, QWEN_PATCH, (QWEN_MIN_PIXELS, QWEN_MAX_PIXELS), spec,
     )  # fmt: skip
-    return model, processor
+
+
+def build_qwen3_vl(spec: TinySpec = TinySpec()):
+    """A tiny random Qwen3-VL + processor from config: Qwen3-VL's 16-pixel patches with learned position embeddings,
+    2 × 2 merger plus one DeepStack merger into the first language-model layer, interleaved M-RoPE.
+
+    Returns:
+        (model, processor)
+    """
+    import transformers
+
+    tokenizer = _qwen_tokenizer()
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(spec)}
+    config = transformers.Qwen3VLConfig(
+        text_config=dict(
+            **_text_sizes(spec, len(tokenizer)),
+            head_dim=spec.text_hidden // spec.text_heads,
+            rope_parameters=rope | {"mrope_interleaved": True},
+            **_special_ids(tokenizer),
+        ),
+        vision_config=dict(
+            depth=spec.vision_layers,
+            hidden_size=spec.vision_hidden,
+            intermediate_size=2 * spec.vision_hidden,
+            num_heads=spec.vision_heads,
+            patch_size=QWEN3_PATCH,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            out_hidden_size=spec.text_hidden,
+            num_position_embeddings=64,
+            deepstack_visual_indexes=[0],
+        ),
+        tie_word_embeddings=False,
+        **_qwen_token_ids(tokenizer),
+    )
+    side = 4 * QWEN3_PATCH  # at least 2 x 2 merged tokens, so an image's positions are really 3-D
+    return _qwen_model_and_processor(
+        transformers.Qwen3VLForConditionalGeneration, config, transformers.Qwen3VLProcessor,
+        transformers.Qwen3VLVideoProcessor, tokenizer, QWEN3_PATCH, (side * side, (2 * side) ** 2), spec,
+    )  # fmt: skip
 
 
 def build_family(family: str, spec: TinySpec = TinySpec()):
@@ -308,6 +374,8 @@ def build_family(family: str, spec: TinySpec = TinySpec()):
         return build_model(spec), build_processor(spec)
     if family == "qwen2_5_vl":
         return build_qwen2_5_vl(spec)
+    if family == "qwen3_vl":
+        return build_qwen3_vl(spec)
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     side = spec.image_size

@@ -15,8 +15,9 @@ from __future__ import annotations
 from perpo.families.base import FAMILIES, Family, family_for_type, family_of, register
 from perpo.families.llava import LLAVA, LLAVA_NEXT, LLAVA_ONEVISION
 from perpo.families.qwen2_5_vl import QWEN2_5_VL
+from perpo.families.qwen3_vl import QWEN3_VL
 
 __all__ = [
-    "FAMILIES", "LLAVA", "LLAVA_NEXT", "LLAVA_ONEVISION", "QWEN2_5_VL", "Family", "family_for_type", "family_of",
-    "register",
+    "FAMILIES", "LLAVA", "LLAVA_NEXT", "LLAVA_ONEVISION", "QWEN2_5_VL", "QWEN3_VL", "Family", "family_for_type",
+    "family_of", "register",
 ]  # fmt: skip

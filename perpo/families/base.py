@@ -30,8 +30,8 @@ class Family:
         grounding_template: the family's referring-expression question (`{expression}` is filled in).
         default_frame: the box frame of its answers when the user names none ("padded": LLaVA-1.5's square;
             "original": the image as it is, which any resize preserves once coordinates are normalised).
-        pixel_boxes: its answers are absolute pixel coordinates of the image its processor makes (Qwen2.5-VL),
-            not coordinates normalised to [0, 1].
+        pixel_boxes: its answers are not normalised to [0, 1] but coordinates of a frame `answer_pixels` sizes:
+            absolute pixels of the image its processor makes (Qwen2.5-VL), or a fixed 0-1000 grid (Qwen3-VL).
     """
 
     model_type: str
@@ -44,6 +44,10 @@ class Family:
     grounding_template: str = GROUNDING_QUESTION
     default_frame: str = "padded"
     pixel_boxes: bool = False
+
+    def trained_modules(self, config) -> list[str]:
+        """The modules trained fully beside LoRA (peft `modules_to_save`): the projector(s) into the language model."""
+        return [self.projector]
 
     def transformers_class(self):
         import transformers
@@ -72,8 +76,8 @@ class Family:
         return {}
 
     def answer_pixels(self, processor, width: int, height: int) -> tuple[int, int] | None:
-        """`(width, height)` of the image the model sees for a `width` x `height` image, when its answers are pixel
-        coordinates of that image; None when they are normalised (then the processor's size does not matter)."""
+        """`(width, height)` of the frame the answers' numbers are in for a `width` x `height` image (`pixel_boxes`
+        families); None when they are normalised to [0, 1]."""
         return None
 
     def write_box(self, box: Box) -> str:

@@ -177,7 +177,9 @@ def test_a_qwen_model_samples_its_own_instructions_and_refuses_normalised_ones(t
     llava_inst = tmp_path / "llava_instructions.jsonl"
     assert main([*argv, "--out", str(llava_inst)]) == 0
     refused = tmp_path / "refused" / "samples.jsonl"
-    with pytest.raises(ConfigError, match="writes normalised boxes, but this qwen2_5_vl model answers in pixels"):
+    with pytest.raises(
+        ConfigError, match="writes normalised boxes, but this qwen2_5_vl model answers in a 56x56 frame"
+    ):
         run_sample(
             SampleConfig(model=qwen, instructions=str(llava_inst), out=str(refused), n=2, limit=1, device="cpu")
         )

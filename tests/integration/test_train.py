@@ -17,6 +17,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 from perpo.boxes import format_box
 from perpo.cli import main
+from perpo.embedded.tiny import FAMILIES as TINY_FAMILIES
 from perpo.io import read_jsonl, write_jsonl
 from perpo.losses import LOSSES
 from perpo.trainer import PerPOArguments, run_train
@@ -257,31 +258,32 @@ def test_a_bad_image_fails_before_the_model_loads(image, tiny_llava, listwise_da
     assert not out.exists()  # nothing written, and the (missing) model was never loaded
 
 
-@pytest.fixture(scope="module")
-def tiny_qwen(tiny_model_of) -> Path:
-    return tiny_model_of("qwen2_5_vl")
-
-
-def test_qwen2_5_vl_trains_through_the_trainer_and_its_reference_memo_is_exact(tiny_qwen, listwise_data, tmp_path):
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_qwen_vl_trains_through_the_trainer_and_its_reference_memo_is_exact(
+    family, tiny_model_of, listwise_data, tmp_path
+):
     """Five steps over 8 lists (the fifth revisits lists, so the kept reference log-probs are used): LoRA on the
-    language model, the merger trained fully, and the same adapter as a run that recomputes the reference."""
+    language model, the merger(s) trained fully, and the same adapter as a run that recomputes the reference."""
+    model = tiny_model_of(family)
     run = dict(max_steps=5)
-    kept = _adapter(run_train(_args(tiny_qwen, listwise_data), _training(tmp_path / "kept", **run)))
-    fresh = _args(tiny_qwen, listwise_data, cache_reference=False, cache_inputs=False, fuse_lora=False)
+    kept = _adapter(run_train(_args(model, listwise_data), _training(tmp_path / "kept", **run)))
+    fresh = _args(model, listwise_data, cache_reference=False, cache_inputs=False, fuse_lora=False)
     recomputed = _adapter(run_train(fresh, _training(tmp_path / "fresh", **run)))
     assert any("language_model" in k and "lora_B" in k for k in kept)
     assert any("visual.merger." in k for k in kept) and not any("visual.blocks" in k for k in kept)
+    assert any("visual.deepstack_merger_list.0." in k for k in kept) == (family == "qwen3_vl")
     for key in kept:
         torch.testing.assert_close(kept[key], recomputed[key], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
-def test_deepspeed_zero3_and_export_through_the_cli(family, request, listwise_data, tmp_path):
-    """The real DeepSpeed ZeRO-3 path (CPU accelerator, gloo, one process), then a merged export that loads."""
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_deepspeed_zero3_and_export_through_the_cli(family, tiny_model_of, listwise_data, tmp_path):
+    """The real DeepSpeed ZeRO-3 path (CPU accelerator, gloo, one process) on every family, then a merged export
+    that loads."""
     from perpo.configs import CONFIG_DIR
     from perpo.modeling import model_class
 
-    tiny_llava = request.getfixturevalue("tiny_llava" if family == "llava" else "tiny_qwen")
+    tiny_llava = tiny_model_of(family)
     out, merged = tmp_path / "zero3", tmp_path / "merged"
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     cmd = [

@@ -143,3 +143,12 @@ def test_qwen_variant_reads_json_pixel_boxes_of_the_image_it_hands_over(docs, re
     monkeypatch.setenv("PERPO_QWEN_MAX_PIXELS", "12k")
     with pytest.raises(ValueError, match="PERPO_QWEN_MAX_PIXELS must be a positive whole number"):
         refcoco_utils.visual_qwen(doc)
+
+
+def test_qwen3_variant_reads_relative_boxes_on_the_original_image(docs, refcoco_utils):
+    """`_qwen3`: the image as it is, the box on Qwen3-VL's 0-1000 grid of it (the same answer on every size)."""
+    doc = docs[3]  # 100x300, GT original [0, 0.1, 1, 0.3]
+    assert refcoco_utils.visual_original(doc)[0].size == (100, 300)
+    scored = refcoco_utils.results_qwen3(doc, ['```json\n[{"bbox_2d": [0, 100, 1000, 300], "label": "x"}]\n```'])
+    assert scored["iou"] == pytest.approx(1.0) and scored["frame"] == "original" and "pixels" not in scored["record"]
+    assert refcoco_utils.results_qwen3(doc, ['[{"bbox_2d": [0, 30, 100, 90]}]'])["ap50"] == 0.0  # pixels are not

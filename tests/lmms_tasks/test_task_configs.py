@@ -14,7 +14,7 @@ from lmms_tasks import taskgen
 FOLDERS = sorted(taskgen.FOLDERS)
 TASK_NAME = re.compile(
     r"^perpo_(refcoco|refcoco_plus|refcocog|synth|fox)_(val|testA|testB|test|en_page|cn_page)"
-    r"(_orig|_orig_lmmsprompt|_bon\d+|_orig_bon\d+|_noimg|_blankimg|_qwen)?$"
+    r"(_orig|_orig_lmmsprompt|_bon\d+|_orig_bon\d+|_noimg|_blankimg|_qwen|_qwen3)?$"
 )
 
 
@@ -87,9 +87,9 @@ def test_every_yaml_is_complete_and_its_hooks_exist(folder):
             assert "frame" in keys and {"ap50", "iou"} <= {k.split("_")[0] for k in keys}
             hooks = {"_noimg": "utils.visual_none", "_blankimg": "utils.visual_blank", "_qwen": "utils.visual_qwen"}
             assert config["doc_to_visual"] == hooks.get(path.stem[path.stem.rfind("_") :], f"utils.visual_{frame}")
-            qwen = path.stem.endswith("_qwen")
-            assert (config["process_results"] == "utils.results_qwen") == qwen
-            assert (config["doc_to_text"] == "utils.text_qwen") == qwen
+            qwen = path.stem[path.stem.rfind("_") :] if "_qwen" in path.stem else ""
+            assert (config["process_results"] == f"utils.results{qwen}") == bool(qwen)
+            assert (config["doc_to_text"] == "utils.text_qwen") == bool(qwen)
 
 
 def test_the_task_list():
@@ -97,7 +97,17 @@ def test_the_task_list():
     splits = ["refcoco_val", "refcoco_testA", "refcoco_testB", "refcoco_plus_val", "refcoco_plus_testA",
               "refcoco_plus_testB", "refcocog_val", "refcocog_test"]  # fmt: skip
     for split in splits:
-        for variant in ("", "_orig", "_orig_lmmsprompt", "_bon20", "_orig_bon20", "_noimg", "_blankimg", "_qwen"):
+        for variant in (
+            "",
+            "_orig",
+            "_orig_lmmsprompt",
+            "_bon20",
+            "_orig_bon20",
+            "_noimg",
+            "_blankimg",
+            "_qwen",
+            "_qwen3",
+        ):
             assert f"perpo_{split}{variant}" in names
     for group in ("perpo_refcoco", "perpo_refcoco_plus", "perpo_refcocog", "perpo_refcoco_all", "perpo_synth",
                   "perpo_fox", "perpo_refcoco_all_bon20", "perpo_fox_noimg"):  # fmt: skip

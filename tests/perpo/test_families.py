@@ -39,7 +39,9 @@ def test_lora_goes_to_the_language_model_only_and_the_projector_trains_fully(bui
     adapted = {n for n, _ in peft_model.named_modules() if n.endswith(".lora_A")}
     assert adapted and all(f".{family.language_model}." in n for n in adapted)
     trained = [n for n, p in peft_model.named_parameters() if p.requires_grad and "lora_" not in n]
-    assert trained and all(f"{family.projector}.modules_to_save" in n for n in trained)
+    modules = family.trained_modules(model.config)
+    assert trained and all(any(f"{m}.modules_to_save" in n for m in modules) for n in trained)
+    assert all(any(f"{m}.modules_to_save" in n for n in trained) for m in modules)  # every projector trains
     peft_model.unload()
 
 
@@ -69,8 +71,8 @@ def test_an_unknown_model_type_names_the_supported_families():
 
 @pytest.mark.parametrize("size", [(20, 20), (17, 40), (40, 24), (300, 200), (1000, 30)])
 def test_answer_pixels_is_the_size_of_the_image_the_processor_makes(built, size):
-    """A pixel-box family's frame is the very image its processor hands the model (grid x patch size); a
-    normalised-box family has none."""
+    """A pixel-box family's frame is the very image its processor hands the model (grid x patch size), a
+    relative-box family's its fixed grid (Qwen3-VL: 0-1000); a normalised-box family has none."""
     from PIL import Image
 
     name, _, processor = built
@@ -78,6 +80,9 @@ def test_answer_pixels_is_the_size_of_the_image_the_processor_makes(built, size)
     pixels = family.answer_pixels(processor, *size)
     if not family.pixel_boxes:
         assert pixels is None
+        return
+    if getattr(family, "relative_scale", 0):
+        assert pixels == (1000, 1000) and name == "qwen3_vl"
         return
     grid = processor(images=[Image.new("RGB", size)], text=[chat_prompt(processor, "x")], return_tensors="pt")
     _, rows, cols = grid["image_grid_thw"][0].tolist()

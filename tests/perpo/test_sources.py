@@ -411,3 +411,15 @@ def test_records_for_a_qwen_model_write_json_pixel_boxes_of_its_resized_image(re
     with pytest.raises(SystemExit):
         main([*argv, "--frame", "padded", "--out", str(tmp_path / "padded.jsonl")])
     assert not (tmp_path / "padded.jsonl").exists()
+
+
+def test_records_for_a_qwen3_model_write_boxes_on_its_relative_grid(refer_root, tiny_model_of, tmp_path):
+    """Qwen3-VL writes boxes on a 0-1000 grid of the image: the records' frame is that grid, whatever the size."""
+    out = tmp_path / "qwen3.jsonl"
+    argv = ["data", "instructions", "--source", "refcoco", "--refer_root", str(refer_root), "--datasets", "refcoco"]
+    argv += ["--coco_images", str(refer_root / "train2014"), "--model", str(tiny_model_of("qwen3_vl"))]
+    assert main([*argv, "--out", str(out)]) == 0
+    first = load_records(out, stage="instructions")[0]
+    assert first["pixels"] == [1000, 1000] and first["frame"] == "original"
+    assert first["target"] == pytest.approx([156.25, 104.1667, 468.75, 312.5], abs=1e-3)
+    assert first["answer"] == '[{"bbox_2d": [156, 104, 469, 312]}]'

@@ -166,13 +166,14 @@ def test_lists_attention_changes_nothing_for_other_callers(family, tiny_spec):
     assert torch.equal(again, generated)
 
 
-def test_multimodal_positions_of_the_shared_layout_are_the_models_own(tiny_spec):
-    """Qwen2.5-VL (M-RoPE): every token of the shared layout sits where the model's own `get_rope_index` puts it in
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "qwen3_vl"])
+def test_multimodal_positions_of_the_shared_layout_are_the_models_own(name, tiny_spec):
+    """Qwen-VL (M-RoPE): every token of the shared layout sits where the model's own `get_rope_index` puts it in
     the response's separate sequence [prompt][response]; image prompts really are off the 1-D positions."""
     from perpo.logprobs import _prompt_positions
 
-    model, batch = _batch("qwen2_5_vl", tiny_spec)
-    family = FAMILY_OF["qwen2_5_vl"]
+    model, batch = _batch(name, tiny_spec)
+    family = FAMILY_OF[name]
     rows = shared_rows(batch, pad_id=0, prompt_positions=_prompt_positions(model, batch))
     assert rows.position_ids.shape[-1] == 3
     image = 0

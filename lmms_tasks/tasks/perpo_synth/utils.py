@@ -13,6 +13,7 @@ from lmms_tasks.grounding_hooks import (  # noqa: F401  (re-exported: the YAMLs 
     results_original,
     results_padded,
     results_qwen,
+    results_qwen3,
     same_value,
     text_llava15,
     text_lmms_eval,
