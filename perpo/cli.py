@@ -90,6 +90,45 @@ def _synth_data(args, parser) -> int:
     return 0
 
 
+def _add_synth_ocr_parser(sub) -> None:
+    pages = sub.add_parser(
+        "synth-ocr",
+        help="render the synthetic page-OCR benchmark (Fox layout, one folder per split)",
+        description="Render small pages of a few lines of words in PIL's bitmap font for the train/val/test "
+        "splits, in the Fox benchmark's layout (<split>/en_page_ocr.json + <split>/en_pdf_png/), so that "
+        "`perpo data instructions --source fox` and the perpo_fox_* tasks (PERPO_FOX_DIR=<out>/<split>) read "
+        "them unchanged. Deterministic: the same seed gives byte-identical files.",
+    )
+    pages.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
+    pages.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    pages.add_argument("--train", type=int_at_least(0), default=2000, help="train pages (default 2000)")
+    pages.add_argument("--val", type=int_at_least(0), default=200, help="val pages (default 200)")
+    pages.add_argument("--test", type=int_at_least(0), default=200, help="test pages (default 200)")
+    pages.add_argument("--size", type=int_at_least(40), default=64, help="page side in pixels (default 64)")
+    pages.add_argument(
+        "--max_lines", type=int_at_least(1), default=4, help="most lines on a page (default 4; at least 2 drawn)"
+    )
+    pages.set_defaults(handler=_synth_ocr_data)
+
+
+def _synth_ocr_data(args, parser) -> int:
+    from perpo.embedded.synth_ocr import OCRSpec, build_synth_ocr
+
+    counts = {"train": args.train, "val": args.val, "test": args.test}
+    try:
+        spec = OCRSpec(
+            width=args.size, height=args.size, min_lines=min(2, args.max_lines), max_lines=args.max_lines,
+            counts=counts,
+        )  # fmt: skip
+    except ValueError as err:
+        parser.error(str(err))
+    out = build_synth_ocr(args.out, seed=args.seed, spec=spec)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for split, info in manifest["splits"].items():
+        print(f"{split:>5}: {info['pages']} pages -> {out / info['json']}  (PERPO_FOX_DIR={out / split})")
+    return 0
+
+
 def _add_refcoco_parser(sub) -> None:
     refcoco = sub.add_parser(
         "refcoco",
@@ -266,7 +305,7 @@ def _preference_data(args, parser) -> int:
     return 0
 
 
-DATA_PARSERS = (_add_synth_parser, _add_refcoco_parser, _add_preference_data_parsers)
+DATA_PARSERS = (_add_synth_parser, _add_synth_ocr_parser, _add_refcoco_parser, _add_preference_data_parsers)
 
 
 def _data(argv: list[str]) -> int:
