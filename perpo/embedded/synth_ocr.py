@@ -104,7 +104,11 @@ def fox_entry(image: str, text: str) -> dict:
 
 
 def build_synth_ocr(out: str | Path, *, seed: int = 0, spec: OCRSpec = OCRSpec(), progress: bool = True) -> Path:
-    """Render the benchmark into `out` (replaced atomically: an interrupted run leaves the old folder). Returns `out`."""
+    """Render the benchmark into `out` (replaced atomically: an interrupted run leaves the old folder).
+
+    Returns:
+        `out`.
+    """
     from tqdm import tqdm
 
     out = Path(out)
