@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from perpo.boxes import gt_box_in_frame
-from perpo.prompts import OCR_QUESTION
+from perpo.prompts import fox_question
 
 logger = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ def load_fox_docs(language: str):
             question, reference = str(prompt["value"]), str(answer["value"])
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: entry {number} is not {{'image', 'conversations': [prompt, answer]}}") from err
-        question = question.replace("<image>", "").lstrip("\n") or OCR_QUESTION
+        question = fox_question(question)
         docs.append(
             {
                 "id": f"fox_{Path(name).stem}",

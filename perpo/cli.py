@@ -61,6 +61,17 @@ def _tiny_model(argv: list[str]) -> int:
     return 0
 
 
+def _add_render_arguments(parser, what: str, counts: dict[str, int], smallest: int) -> None:
+    """--out, --seed, one count per split and --size of a synthetic benchmark renderer."""
+    parser.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
+    parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    for split, count in counts.items():
+        parser.add_argument(
+            f"--{split}", type=int_at_least(0), default=count, help=f"{split} {what} (default {count})"
+        )
+    parser.add_argument("--size", type=int_at_least(smallest), default=64, help="side in pixels (default 64)")
+
+
 def _add_synth_parser(sub) -> None:
     synth = sub.add_parser(
         "synth",
@@ -69,12 +80,7 @@ def _add_synth_parser(sub) -> None:
         "train/val/test splits, written both in the RefCOCO refer layout and as flat JSONL. Deterministic: the "
         "same seed gives byte-identical files.",
     )
-    synth.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
-    synth.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    synth.add_argument("--train", type=int_at_least(0), default=4000, help="train scenes (default 4000)")
-    synth.add_argument("--val", type=int_at_least(0), default=300, help="val scenes (default 300)")
-    synth.add_argument("--test", type=int_at_least(0), default=300, help="test scenes (default 300)")
-    synth.add_argument("--size", type=int_at_least(32), default=64, help="canvas side in pixels (default 64)")
+    _add_render_arguments(synth, "scenes", {"train": 4000, "val": 300, "test": 300}, smallest=32)
     synth.set_defaults(handler=_synth_data)
 
 
@@ -99,12 +105,7 @@ def _add_synth_ocr_parser(sub) -> None:
         "`perpo data instructions --source fox` and the perpo_fox_* tasks (PERPO_FOX_DIR=<out>/<split>) read "
         "them unchanged. Deterministic: the same seed gives byte-identical files.",
     )
-    pages.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
-    pages.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    pages.add_argument("--train", type=int_at_least(0), default=2000, help="train pages (default 2000)")
-    pages.add_argument("--val", type=int_at_least(0), default=200, help="val pages (default 200)")
-    pages.add_argument("--test", type=int_at_least(0), default=200, help="test pages (default 200)")
-    pages.add_argument("--size", type=int_at_least(40), default=64, help="page side in pixels (default 64)")
+    _add_render_arguments(pages, "pages", {"train": 2000, "val": 200, "test": 200}, smallest=40)
     pages.add_argument(
         "--max_lines", type=int_at_least(1), default=4, help="most lines on a page (default 4; at least 2 drawn)"
     )
@@ -172,14 +173,19 @@ def _warmup(argv: list[str]) -> int:
         [WarmupConfig],
         argv,
         prog="perpo warmup",
-        description="Supervised warm-up of the tiny LLaVA on the synthetic train split, until it is 'moderately "
-        "capable' (answers in the box format, a fair share of boxes right) like the paper's base models. "
+        description="Supervised warm-up of the tiny LLaVA on a synthetic train split, until it is 'moderately "
+        "capable' (answers in the task's format, a fair share right) like the paper's base models: boxes on "
+        "`perpo data synth` scenes (--task grounding) or page text on `perpo data synth-ocr` pages (--task ocr). "
         "Resumable: rerun the same command after an interruption.",
     )
     log = run_warmup(cfg)
     last = log["evals"][-1] if log["evals"] else {}
-    ap50 = last.get("ap50", float("nan"))
-    print(f"warm-up done in {log['seconds'] / 60:.1f} min; val AP@50 {ap50:.3f} -> {cfg.out}")
+    score = (
+        f"edit distance {last.get('edit_dist', float('nan')):.3f}"
+        if cfg.task == "ocr"
+        else (f"AP@50 {last.get('ap50', float('nan')):.3f}")
+    )
+    print(f"warm-up done in {log['seconds'] / 60:.1f} min; val {score} -> {cfg.out}")
     return 0
 
 
@@ -448,7 +454,7 @@ COMMANDS: dict[str, Command] = {
     "data": Command("build datasets: `perpo data SOURCE` (`perpo data --help` lists the sources)", _data),
     "sample": Command("sample N responses per instruction (resumable, seeded per instruction)", _sample),
     "build-data": Command("score responses, margin-filter the lists, write train.jsonl + stats", _build_data),
-    "warmup": Command("supervised warm-up of the tiny LLaVA on the synthetic train split", _warmup),
+    "warmup": Command("supervised warm-up of the tiny LLaVA on synthetic boxes or pages", _warmup),
     "train": Command("train with PerPO / LiPO / listwise / DPO / SFT (LoRA, DeepSpeed ZeRO-3)", _train),
     "export": Command("merge a trained LoRA adapter into its base model as a standalone checkpoint", _export),
     "demo": Command("run the embedded default end to end (what `make demo` runs)", _demo),

@@ -21,6 +21,13 @@ QWEN_GROUNDING_QUESTION = "Locate {expression} in the image, and output its bbox
 OCR_QUESTION = "OCR this image: "
 
 
+def fox_question(human_turn: str) -> str:
+    """The question of a Fox page entry: its human turn without the `<image>` placeholder (the chat template
+    places the image), or the benchmark's own prompt when nothing is left. Training, sampling and the perpo_fox
+    tasks all ask exactly this."""
+    return human_turn.replace("<image>", "").lstrip("\n") or OCR_QUESTION
+
+
 def grounding_question(expression: str, template: str = GROUNDING_QUESTION) -> str:
     """The question for one referring expression (a trailing period in the expression is not doubled)."""
     return template.format(expression=expression.strip().rstrip("."))

@@ -1,4 +1,4 @@
-"""In-process grounding evaluation: greedy (or sampled) answers on a flat JSONL split, scored with AP@50.
+"""In-process evaluation: greedy answers on a flat JSONL split, scored with AP@50 (grounding) or edit distance (OCR).
 
 This is the quick check used while training (warm-up progress, demo stages). The reported numbers of record
 come from the lmms-eval tasks in `lmms_tasks/`, which call the same metric functions.
@@ -15,6 +15,7 @@ from perpo.families import LLAVA, Family, family_of
 from perpo.generation import GenerationRequest, generate
 from perpo.io import load_image
 from perpo.metrics.grounding import grounding_metrics
+from perpo.metrics.ocr import normalized_edit_distance
 from perpo.prompts import chat_prompt, grounding_question
 
 logger = logging.getLogger(__name__)
@@ -84,3 +85,30 @@ def evaluate_grounding(
                 totals[key] = totals.get(key, 0.0) + value
     model.train(was_training)
     return {key: value / max(len(rows), 1) for key, value in totals.items()} | {"n": float(len(rows))}
+
+
+def evaluate_ocr(
+    model, processor, records: Sequence[dict], *, batch_size: int = 32, max_new_tokens: int = 64
+) -> dict[str, float]:
+    """Mean normalised edit distance (lower is better) and exact-page share of greedy transcriptions.
+
+    Args:
+        records: OCR instruction records (`perpo.data.sources.fox_instructions`): image path, question, target.
+    """
+    was_training = model.training
+    model.eval()
+    distances, exact = [], 0
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        requests = [
+            GenerationRequest(prompt=chat_prompt(processor, r["question"]), image=load_image(r["image"]), key=r["id"])
+            for r in chunk
+        ]
+        for record, (answer,) in zip(
+            chunk, generate(model, processor, requests, max_new_tokens=max_new_tokens), strict=True
+        ):
+            distances.append(normalized_edit_distance(answer, record["target"]))  # as the Fox tasks score it
+            exact += answer == record["target"]
+    model.train(was_training)
+    n = max(len(records), 1)
+    return {"edit_dist": sum(distances) / n, "exact": exact / n, "n": float(len(records))}

@@ -44,7 +44,7 @@ from typing import Any
 from perpo.boxes import FRAMES, Box, denormalize_box, gt_box_in_frame, parse_box
 from perpo.data.schema import RecordError, portable_image_path, validate_record
 from perpo.families import LLAVA, Family
-from perpo.prompts import GROUNDING_QUESTION, OCR_QUESTION, grounding_question
+from perpo.prompts import GROUNDING_QUESTION, fox_question, grounding_question
 from perpo.rewards import iou_reward
 
 logger = logging.getLogger(__name__)
@@ -174,8 +174,9 @@ def _read_json_list(path: Path, what: str) -> list:
 def fox_instructions(json_path: str | Path, image_dir: str | Path) -> list[dict]:
     """Instruction records of a Fox-style page-OCR set.
 
-    The prompt is the human turn with its `<image>` placeholder removed (the chat template places the image);
-    an empty prompt becomes `OCR_QUESTION`. Ids are `fox_<json stem>_<image stem>`.
+    The prompt is the human turn with its `<image>` placeholder removed (`perpo.prompts.fox_question`, the very
+    question the perpo_fox tasks ask); an empty prompt becomes `OCR_QUESTION`. Ids are
+    `fox_<json stem>_<image stem>`.
 
     Args:
         json_path: the JSON list, e.g. `en_page_ocr.json`.
@@ -220,7 +221,7 @@ def fox_instructions(json_path: str | Path, image_dir: str | Path) -> list[dict]
         path = image_dir / image
         if not path.is_file():
             raise FileNotFoundError(f"{where}: page image {path} not found")
-        question = turns[0]["value"].replace("<image>", "").strip() or OCR_QUESTION.strip()
+        question = fox_question(turns[0]["value"])
         text = turns[1]["value"]
         records.append(
             {

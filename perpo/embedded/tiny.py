@@ -254,6 +254,21 @@ def _special_ids(tokenizer) -> dict:
     )
 
 
+def _qwen_vision(spec: TinySpec, patch: int, **extra) -> dict:
+    """The Qwen-VL vision tower's sizes (a 2 x 2 merger into the language model) plus a version's own fields."""
+    return dict(
+        depth=spec.vision_layers,
+        hidden_size=spec.vision_hidden,
+        intermediate_size=2 * spec.vision_hidden,
+        num_heads=spec.vision_heads,
+        patch_size=patch,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=spec.text_hidden,
+        **extra,
+    )
+
+
 def _mrope_section(spec: TinySpec) -> list[int]:
     """The rotary half-dimensions split over (temporal, height, width), as the real models split theirs."""
     half = spec.text_hidden // spec.text_heads // 2
@@ -298,17 +313,8 @@ def build_qwen2_5_vl(spec: TinySpec = TinySpec()):
             rope_scaling={"type": "mrope", "mrope_section": _mrope_section(spec)},
             **_special_ids(tokenizer),
         ),
-        vision_config=dict(
-            depth=spec.vision_layers,
-            hidden_size=spec.vision_hidden,
-            intermediate_size=2 * spec.vision_hidden,
-            num_heads=spec.vision_heads,
-            patch_size=QWEN_PATCH,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            out_hidden_size=spec.text_hidden,
-            window_size=4 * QWEN_PATCH,
-            fullatt_block_indexes=[spec.vision_layers - 1],
+        vision_config=_qwen_vision(
+            spec, QWEN_PATCH, window_size=4 * QWEN_PATCH, fullatt_block_indexes=[spec.vision_layers - 1]
         ),
         **_qwen_token_ids(tokenizer),
     )
@@ -336,18 +342,7 @@ def build_qwen3_vl(spec: TinySpec = TinySpec()):
             rope_parameters=rope | {"mrope_interleaved": True},
             **_special_ids(tokenizer),
         ),
-        vision_config=dict(
-            depth=spec.vision_layers,
-            hidden_size=spec.vision_hidden,
-            intermediate_size=2 * spec.vision_hidden,
-            num_heads=spec.vision_heads,
-            patch_size=QWEN3_PATCH,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            out_hidden_size=spec.text_hidden,
-            num_position_embeddings=64,
-            deepstack_visual_indexes=[0],
-        ),
+        vision_config=_qwen_vision(spec, QWEN3_PATCH, num_position_embeddings=64, deepstack_visual_indexes=[0]),
         tie_word_embeddings=False,
         **_qwen_token_ids(tokenizer),
     )

@@ -1,10 +1,15 @@
-"""Warm-up: supervised training of the tiny LLaVA on the synthetic train split, to a "moderately capable" base.
+"""Warm-up: supervised training of the tiny LLaVA on a synthetic train split, to a "moderately capable" base.
 
-The paper starts PerPO from models that already answer in the box format and get a fair share of boxes right
+The paper starts PerPO from models that already answer in the task's format and get a fair share right
 (LLaVA-1.5-7B: about 50% AP@50 on RefCOCO val). `perpo warmup` brings the tiny model into that regime: plain
-next-token cross-entropy on the ground-truth answers, AdamW with warm-up and cosine decay, a greedy AP@50 check on
-the val split every `eval_every` steps, and a resumable checkpoint so an interrupted run loses at most
-`save_every` steps. The final model (with its processor) is written atomically to `out`.
+next-token cross-entropy on the ground-truth answers, AdamW with warm-up and cosine decay, a greedy check on the
+val split every `eval_every` steps (AP@50 for grounding, edit distance for page OCR), and a resumable checkpoint
+so an interrupted run loses at most `save_every` steps. The final model (with its processor) is written
+atomically to `out`.
+
+Tasks: `grounding` reads a `perpo data synth` folder (boxes, optionally written loose); `ocr` reads a `perpo data
+synth-ocr` folder through the Fox reader (`perpo.data.sources.fox_instructions`), so the warm-up asks exactly
+the question the perpo_fox tasks and `perpo sample` ask.
 """
 
 from __future__ import annotations
@@ -24,17 +29,22 @@ from perpo.config import ConfigError, check_numbers, opt
 from perpo.data.collate import sft_batch
 from perpo.io import atomic_dir, load_image, read_jsonl, write_json
 from perpo.prompts import chat_prompt, grounding_question
-from perpo.quickeval import evaluate_grounding
+from perpo.quickeval import evaluate_grounding, evaluate_ocr
 
 logger = logging.getLogger(__name__)
+TASKS = ("grounding", "ocr")
 
 
 @dataclass
 class WarmupConfig:
     """Arguments of `perpo warmup`."""
 
-    data: str = opt(help="folder written by `perpo data synth` (reads synth_train.jsonl and synth_val.jsonl)")
+    data: str = opt(
+        help="folder written by `perpo data synth` (grounding: synth_train.jsonl, synth_val.jsonl) or `perpo data "
+        "synth-ocr` (ocr: train/ and val/ in the Fox layout)"
+    )
     out: str = opt(help="where the warmed-up model (+ processor, warmup_log.json) is written")
+    task: str = opt("grounding", help="grounding (boxes) or ocr (page transcription)")
     model: str | None = opt(None, help="start from this checkpoint folder; default: a fresh tiny LLaVA")
     steps: int = opt(3000, ge=1, help="optimizer steps")
     batch_size: int = opt(48, ge=1, help="expressions per step")
@@ -53,8 +63,8 @@ class WarmupConfig:
     loose_margin: float = opt(
         0.3, ge=0, le=1, help="how far a loose answer's sides move out, as a fraction of the box size"
     )
-    eval_every: int = opt(250, ge=1, help="greedy AP@50 on val every this many steps")
-    eval_size: int = opt(200, ge=1, help="val expressions used by that check")
+    eval_every: int = opt(250, ge=1, help="greedy AP@50 (ocr: edit distance) on val every this many steps")
+    eval_size: int = opt(200, ge=1, help="val expressions (ocr: pages) used by that check")
     save_every: int = opt(250, ge=1, help="resumable checkpoint every this many steps (<out>.checkpoint)")
     seed: int = opt(0, help="seed of the initial weights and the batch order")
     threads: int = opt(0, ge=0, help="torch CPU threads; 0 keeps torch's default")
@@ -64,6 +74,10 @@ class WarmupConfig:
         check_numbers(self)
         if self.frame not in FRAMES:
             raise ConfigError(f"frame must be one of {FRAMES}, got {self.frame!r}")
+        if self.task not in TASKS:
+            raise ConfigError(f"--task must be one of {TASKS}, got {self.task!r}")
+        if self.task == "ocr" and self.loose_share:
+            raise ConfigError("--loose_share writes loose boxes: it applies to --task grounding only")
 
 
 def loosen_box(box: tuple[float, ...], margin: float) -> tuple[float, ...]:
@@ -71,6 +85,24 @@ def loosen_box(box: tuple[float, ...], margin: float) -> tuple[float, ...]:
     x1, y1, x2, y2 = box
     dx, dy = margin * (x2 - x1), margin * (y2 - y1)
     return max(0.0, x1 - dx), max(0.0, y1 - dy), min(1.0, x2 + dx), min(1.0, y2 + dy)
+
+
+def _split_rows(cfg: WarmupConfig, data: Path, split: str) -> list[dict]:
+    """Grounding: the flat rows of `synth_<split>.jsonl`; ocr: the Fox-layout pages of `<split>/` as instruction
+    records (absolute image paths, the Fox question, the page text as answer)."""
+    if cfg.task == "ocr":
+        from perpo.data.sources import fox_instructions
+
+        folder = data / split
+        if not (folder / "en_page_ocr.json").is_file():
+            raise ConfigError(
+                f"{folder / 'en_page_ocr.json'} not found: render pages with `perpo data synth-ocr --out {data}`"
+            )
+        return fox_instructions(folder / "en_page_ocr.json", folder / "en_pdf_png")
+    path = data / f"synth_{split}.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: render the benchmark with `perpo data synth --out {data}`")
+    return read_jsonl(path)
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -93,8 +125,7 @@ def run_warmup(cfg: WarmupConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = Path(cfg.data)
-    train_rows = read_jsonl(data / "synth_train.jsonl")
-    val_rows = read_jsonl(data / "synth_val.jsonl")[: cfg.eval_size]
+    train_rows, val_rows = _split_rows(cfg, data, "train"), _split_rows(cfg, data, "val")[: cfg.eval_size]
     out = Path(cfg.out)
     ckpt = out.with_name(out.name + ".checkpoint")
 
@@ -130,14 +161,17 @@ def run_warmup(cfg: WarmupConfig) -> dict:
         batch_rows = [train_rows[rng.randrange(len(train_rows))] for _ in range(cfg.batch_size)]
         texts = []
         for row in batch_rows:
-            question = grounding_question(row["expression"])
+            question = row["question"] if cfg.task == "ocr" else grounding_question(row["expression"])
             if question not in prompts:
                 prompts[question] = chat_prompt(processor, question)
             texts.append(prompts[question])
-        boxes = [gt_box_in_frame(r["bbox"], r["width"], r["height"], cfg.frame) for r in batch_rows]
-        if cfg.loose_share:  # drawn only when asked, so the batch order of a plain warm-up is unchanged
-            boxes = [loosen_box(b, cfg.loose_margin) if rng.random() < cfg.loose_share else b for b in boxes]
-        answers = [format_box(b) for b in boxes]
+        if cfg.task == "ocr":
+            answers = [r["answer"] for r in batch_rows]
+        else:
+            boxes = [gt_box_in_frame(r["bbox"], r["width"], r["height"], cfg.frame) for r in batch_rows]
+            if cfg.loose_share:  # drawn only when asked, so the batch order of a plain warm-up is unchanged
+                boxes = [loosen_box(b, cfg.loose_margin) if rng.random() < cfg.loose_share else b for b in boxes]
+            answers = [format_box(b) for b in boxes]
         images = [load_image(data / r["image"]) for r in batch_rows]
         batch = sft_batch(processor, texts, images, answers)
         loss = model(**batch).loss
@@ -150,10 +184,18 @@ def run_warmup(cfg: WarmupConfig) -> dict:
         bar.set_postfix(loss=f"{loss.item():.3f}")
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            metrics = evaluate_grounding(model, processor, val_rows, data, frame=cfg.frame)
+            if cfg.task == "ocr":
+                metrics = evaluate_ocr(model, processor, val_rows)
+                logger.info(
+                    "step %d: val edit distance %.3f, exact pages %.3f", done, metrics["edit_dist"], metrics["exact"]
+                )
+            else:
+                metrics = evaluate_grounding(model, processor, val_rows, data, frame=cfg.frame)
+                logger.info(
+                    "step %d: val AP@50 %.3f, parse failures %.3f", done, metrics["ap50"], metrics["parse_fail"]
+                )
             metrics.update(step=done, seconds=round(time.perf_counter() - began, 1))
             log["evals"].append(metrics)
-            logger.info("step %d: val AP@50 %.3f, parse failures %.3f", done, metrics["ap50"], metrics["parse_fail"])
         log["seconds"] = time.perf_counter() - began
         if done % cfg.save_every == 0 and done < cfg.steps:
             with atomic_dir(ckpt) as tmp:

@@ -41,9 +41,17 @@ def resized_size(
 
 @dataclass(frozen=True)
 class QwenVLFamily(Family):
-    """The Qwen-VL families. `relative_scale` > 0: boxes are written on a fixed grid of that size (Qwen3-VL: 0-1000,
-    relative to the image) instead of in the pixels of the resized image (Qwen2.5-VL)."""
+    """The Qwen-VL families: what they share is the default here. `relative_scale` > 0: boxes are written on a
+    fixed grid of that size (Qwen3-VL: 0-1000, relative to the image) instead of in the pixels of the resized image
+    (Qwen2.5-VL)."""
 
+    projector: str = "merger"
+    image_inputs: tuple[str, ...] = ("pixel_values", "image_grid_thw")
+    per_image_pixels: bool = False
+    copies_prompt_cache: bool = False
+    grounding_template: str = QWEN_GROUNDING_QUESTION
+    default_frame: str = "original"
+    pixel_boxes: bool = True
     relative_scale: int = 0
 
     def select_images(self, images: dict, picks: Sequence[int]) -> dict:
@@ -101,16 +109,4 @@ class QwenVLFamily(Family):
         return out
 
 
-QWEN2_5_VL = register(
-    QwenVLFamily(
-        "qwen2_5_vl",
-        "Qwen2_5_VLForConditionalGeneration",
-        projector="merger",
-        image_inputs=("pixel_values", "image_grid_thw"),
-        per_image_pixels=False,
-        copies_prompt_cache=False,
-        grounding_template=QWEN_GROUNDING_QUESTION,
-        default_frame="original",
-        pixel_boxes=True,
-    )
-)
+QWEN2_5_VL = register(QwenVLFamily("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"))

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from perpo.families.base import register
 from perpo.families.qwen2_5_vl import QwenVLFamily
-from perpo.prompts import QWEN_GROUNDING_QUESTION
 
 
 @dataclass(frozen=True)
@@ -28,17 +27,4 @@ class Qwen3VLFamily(QwenVLFamily):
         return [self.projector, *(f"deepstack_merger_list.{i}" for i in range(deepstack))]
 
 
-QWEN3_VL = register(
-    Qwen3VLFamily(
-        "qwen3_vl",
-        "Qwen3VLForConditionalGeneration",
-        projector="merger",
-        image_inputs=("pixel_values", "image_grid_thw"),
-        per_image_pixels=False,
-        copies_prompt_cache=False,
-        grounding_template=QWEN_GROUNDING_QUESTION,
-        default_frame="original",
-        pixel_boxes=True,
-        relative_scale=1000,
-    )
-)
+QWEN3_VL = register(Qwen3VLFamily("qwen3_vl", "Qwen3VLForConditionalGeneration", relative_scale=1000))

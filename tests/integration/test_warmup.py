@@ -53,3 +53,34 @@ def test_interrupted_warmup_resumes_to_the_same_weights(tiny_llava, synth_data, 
     b = LlavaForConditionalGeneration.from_pretrained(resumed).state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_ocr_warmup_reads_synthetic_pages_through_the_fox_reader(tiny_llava, tmp_path, capsys):
+    """`--task ocr`: the pages of `perpo data synth-ocr`, asked the Fox question, scored by edit distance."""
+    pages = tmp_path / "pages"
+    assert main(["data", "synth-ocr", "--out", str(pages), "--train", "8", "--val", "3", "--test", "0"]) == 0
+    out = tmp_path / "ocr_base"
+    args = ["warmup", "--task", "ocr", "--data", str(pages), "--out", str(out), "--model", str(tiny_llava)]
+    assert main([*args, "--steps", "3", "--batch_size", "4", "--eval_every", "3", "--eval_size", "2"]) == 0
+    assert "val edit distance" in capsys.readouterr().out
+    log = json.loads((out / "warmup_log.json").read_text())
+    (check,) = log["evals"]
+    assert check["step"] == 3 and check["n"] == 2.0 and 0.0 <= check["edit_dist"] <= 1.0 and check["exact"] == 0.0
+    assert log["config"]["task"] == "ocr" and len(log["steps"]) == 3
+    assert LlavaForConditionalGeneration.from_pretrained(out) is not None
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--task", "ocr", "--loose_share", "0.5"], "applies to --task grounding only"),
+        (["--task", "pages"], "--task must be one of"),
+        (["--task", "ocr"], "render pages with `perpo data synth-ocr"),
+    ],
+)
+def test_ocr_warmup_refuses_what_does_not_apply(extra, message, tmp_path, capsys):
+    try:
+        code = main(["warmup", "--data", str(tmp_path), "--out", str(tmp_path / "out"), *extra])
+    except SystemExit as parse_error:  # options are refused while parsing, a missing folder when reading it
+        code = parse_error.code
+    assert code == 2 and message in capsys.readouterr().err and not (tmp_path / "out").exists()

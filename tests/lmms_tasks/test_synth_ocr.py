@@ -66,7 +66,7 @@ def test_pages_read_back_exactly_through_fox_instructions_and_the_fox_tasks(page
     assert main([*argv, "--fox_images", str(split / "en_pdf_png"), "--out", str(out)]) == 0
     records = load_records(out, stage="instructions")
     assert [r["target"] for r in records] == [e["conversations"][1]["value"] for e in entries]
-    assert {r["question"] for r in records} == {"OCR this image:"}
+    assert {r["question"] for r in records} == {"OCR this image: "}
 
     monkeypatch.setenv("PERPO_FOX_DIR", str(split))
     docs = list(fox_utils.fox_en(None))

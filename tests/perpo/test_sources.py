@@ -231,9 +231,9 @@ def test_fox_records(tmp_path):
     assert [r["id"] for r in records] == ["fox_en_page_ocr_en_1", "fox_en_page_ocr_en_2"]
     first = records[0]
     validate_record(first, stage="instructions")
-    assert first["task"] == "ocr" and first["question"] == "OCR this image:"
+    assert first["task"] == "ocr" and first["question"] == "OCR this image: "
     assert first["answer"] == first["target"] == "Hello page\nline 2"
-    assert records[1]["question"] == "OCR this image:"  # empty prompt -> the benchmark's own
+    assert records[1]["question"] == "OCR this image: "  # empty prompt -> the benchmark's own
     assert first["meta"] == {"dataset": "fox_en_page_ocr", "source": "en_page_ocr.json", "index": 0}
     assert "frame" not in first
 
