@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from perpo.boxes import denormalize_box, gt_box_in_frame
-from perpo.families import LLAVA, Family, family_of
+from perpo.families import LLAVA, Family
 from perpo.generation import GenerationRequest, generate
 from perpo.io import load_image
 from perpo.metrics.grounding import grounding_metrics
@@ -69,7 +69,9 @@ def evaluate_grounding(
     """
     from tqdm import tqdm
 
-    family = family_of(model)
+    from perpo.logprobs import family as model_family  # unwraps peft / DeepSpeed, as held-out scoring may pass them
+
+    family = model_family(model)
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
