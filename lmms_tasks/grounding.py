@@ -133,10 +133,11 @@ BOXES = ("norm", "qwen_pixels", "qwen_relative")
 (Qwen2.5-VL), or relative on a 0-1000 grid (Qwen3-VL)."""
 
 
-def read_answer_box(doc: dict, response: str, boxes: str = "norm"):
-    """The first box of an answer, normalised (`perpo.boxes.parse_box`), read the way `boxes` says it is written."""
+def read_answer_box(response: str, boxes: str = "norm", pixels: tuple[int, int] | None = None):
+    """The first box of an answer, normalised (`perpo.boxes.parse_box`), read the way `boxes` says it is written
+    (`pixels`: the `qwen_pixels` size, for `qwen_pixels`)."""
     if boxes == "qwen_pixels":
-        return parse_box(response, fmt="pixel", size=qwen_pixels(doc))
+        return parse_box(response, fmt="pixel", size=pixels)
     if boxes == "qwen_relative":
         return parse_box(response, fmt="qwen")
     if boxes != "norm":
@@ -158,11 +159,12 @@ def process_results(doc: dict, results: Sequence[str], *, frame: str, boxes: str
         `qwen_pixels` also `pixels`, the size of the image the box was read in).
     """
     response = results[0] if results else ""
-    pred = read_answer_box(doc, response, boxes)
+    pixels = qwen_pixels(doc) if boxes == "qwen_pixels" else None
+    pred = read_answer_box(response, boxes, pixels)
     scores = box_metrics(pred, gt_box(doc, frame))
     record = _record(doc, frame)
-    if boxes == "qwen_pixels":
-        record["pixels"] = list(qwen_pixels(doc))
+    if pixels:
+        record["pixels"] = list(pixels)
     record.update({"pred_box": list(pred) if pred is not None else None, "response": response})
     return {**scores, "frame": frame, "record": record}
 

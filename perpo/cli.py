@@ -282,7 +282,7 @@ def _preference_data(args, parser) -> int:
     if missing:
         parser.error(f"--source {args.input} needs {' and '.join(missing)}")
     family, processor = LLAVA, None
-    if args.model:
+    if args.model and args.input != "fox":  # page OCR has one question and no boxes, whatever the model
         from perpo.modeling import checkpoint_family, load_processor
 
         family = checkpoint_family(args.model)

@@ -35,6 +35,8 @@ def row_target(row: dict, frame: str, family: Family = LLAVA, processor=None) ->
         return tuple(row["target"])
     box = gt_box_in_frame(row["bbox"], row["width"], row["height"], frame)
     pixels = family.answer_pixels(processor, int(row["width"]), int(row["height"]))
+    if pixels and frame != "original":
+        raise ValueError(f"{family.model_type} answers in its own frame of the image: score it in 'original'")
     return denormalize_box(box, *pixels) if pixels else box
 
 

@@ -42,8 +42,9 @@ def iou_reward(response: str, target: Box) -> float:
     """IoU of the box in `response` with `target`; 0.0 when the response has no parseable box.
 
     Args:
-        response: A sampled answer, expected to hold `[x1, y1, x2, y2]` normalised to [0, 1].
-        target: The ground-truth box normalised in the same (training) frame.
+        response: A sampled answer holding `[x1, y1, x2, y2]` in the record's units: normalised to [0, 1], or the
+            frame of a record with `pixels` (Qwen's JSON boxes). IoU does not change when both boxes are scaled.
+        target: The ground-truth box in the same units and frame.
 
     Returns:
         IoU in [0, 1] (`perpo.boxes.box_iou` policy: inverted boxes score 0, nothing is clamped).

@@ -20,7 +20,7 @@ paths are not settings: they change how fast the file fills, not what it holds.
 
 Backends. `GenerationBackend` is the interface (`generate(requests, n=, temperature=, ...) -> list[list[str]]`,
 with the contract that the responses of a request depend only on it, the settings and the seed). `BACKENDS`
-maps a name to a loader; `hf` (transformers `generate`, LLaVA / LLaVA-NeXT / LLaVA-OneVision, optional LoRA
+maps a name to a loader; `hf` (transformers `generate`, any family of `perpo.families`, optional LoRA
 adapter merged in) is the one implemented. A vLLM backend is not included; docs/data.md says how to add one.
 """
 
@@ -53,7 +53,7 @@ _INSTRUCTION_FIELDS = ("task", "image", "question", "answer", "target", "frame")
 class SampleConfig:
     """Arguments of `perpo sample`."""
 
-    model: str = opt(help="base model: a local HF checkpoint folder (LLaVA, LLaVA-NeXT or LLaVA-OneVision)")
+    model: str = opt(help="base model: a local HF checkpoint folder (any family of perpo.families)")
     instructions: str = opt(help="instruction JSONL (`perpo data instructions`; schema in perpo/data/schema.py)")
     out: str = opt(help="output samples JSONL: append-only; rerun the same command to resume after a stop")
     adapter: str = opt("", help="optional LoRA adapter folder (peft), merged into the model before sampling")
@@ -117,11 +117,11 @@ BackendLoader = Callable[..., GenerationBackend]
 
 
 def load_model_and_processor(model: str, *, adapter: str = "", device: str = "cpu", dtype: str = "float32"):
-    """A LLaVA-family checkpoint for sampling (`perpo.modeling`: class by `model_type`), with a LoRA adapter merged
-    in (one set of weights: faster generation, the same model), and its processor.
+    """A checkpoint of a supported family for sampling (`perpo.modeling`: class by `model_type`), with a LoRA adapter
+    merged in (one set of weights: faster generation, the same model), and its processor.
 
     Raises:
-        ConfigError: a folder is missing, or the checkpoint is not a supported LLaVA family model.
+        ConfigError: a folder is missing, or the checkpoint is not of a supported family.
     """
     if not Path(model).is_dir():
         raise ConfigError(f"model folder {model} not found (a local checkpoint saved with save_pretrained)")
@@ -308,8 +308,10 @@ def check_box_units(records: Sequence[dict], model, processor, image_dir: Path, 
     for record in records:
         if record["task"] != "grounding" or not record["image"]:
             continue
-        with Image.open(resolve_image(record, image_dir)) as image:
-            expected = family.answer_pixels(processor, *image.size)
+        expected = None
+        if family.pixel_boxes:  # only these answer in a frame that depends on the image
+            with Image.open(resolve_image(record, image_dir)) as image:
+                expected = family.answer_pixels(processor, *image.size)
         have = record.get("pixels")
         if (list(expected) if expected is not None else None) != have:
             want = f"a {expected[0]}x{expected[1]} frame" if expected else "normalised boxes"

@@ -16,8 +16,8 @@ Grounding records (one per referring expression): question = the family's `groun
 answer = the ground-truth box in `frame` as the family writes it (LLaVA: `format_box`, 2 decimals, what SFT
 trains on); target = the exact, unrounded box in that frame (what the IoU reward compares with); meta = dataset,
 split, ids, the pixel bbox (COCO xywh), width and height, so a record can be re-expressed in the other frame
-later. For a family that answers in pixels of its resized image (Qwen2.5-VL) answer and target are in those
-pixels and `pixels` holds that image's size.
+later. For a family that answers in its own frame (Qwen2.5-VL: pixels of its resized image; Qwen3-VL: a 0-1000
+grid) answer and target are in that frame and `pixels` holds its size.
 
 Image paths: the sources return absolute paths; `write_records` stores each path relative to the output
 file's folder when the image lies under that folder, else absolute. `perpo sample` resolves relative paths

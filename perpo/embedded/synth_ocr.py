@@ -21,12 +21,12 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from perpo.embedded.synth import SPLITS
 from perpo.io import atomic_dir, write_json
 from perpo.prompts import OCR_QUESTION
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1
 GLYPH_WIDTH, LINE_HEIGHT = 6, 12
 """PIL's bitmap font: every glyph is 6 pixels wide and 11 high; one blank row between lines."""
@@ -130,11 +130,12 @@ def build_synth_ocr(out: str | Path, *, seed: int = 0, spec: OCRSpec = OCRSpec()
                 entries.append(fox_entry(name, text))
                 bar.update()
             path = tmp / split / "en_page_ocr.json"
-            path.write_text(json.dumps(entries, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+            data = (json.dumps(entries, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+            path.write_bytes(data)
             manifest["splits"][split] = {
                 "pages": count,
                 "json": f"{split}/{path.name}",
-                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "sha256": hashlib.sha256(data).hexdigest(),
             }
         bar.close()
         write_json(tmp / "manifest.json", manifest)

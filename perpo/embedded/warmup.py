@@ -28,8 +28,8 @@ from perpo.boxes import FRAMES, format_box, gt_box_in_frame
 from perpo.config import ConfigError, check_numbers, opt
 from perpo.data.collate import sft_batch
 from perpo.io import atomic_dir, load_image, read_jsonl, write_json
-from perpo.prompts import chat_prompt, grounding_question
-from perpo.quickeval import evaluate_grounding, evaluate_ocr
+from perpo.prompts import chat_prompt
+from perpo.quickeval import evaluate_grounding, evaluate_ocr, row_question
 
 logger = logging.getLogger(__name__)
 TASKS = ("grounding", "ocr")
@@ -161,7 +161,7 @@ def run_warmup(cfg: WarmupConfig) -> dict:
         batch_rows = [train_rows[rng.randrange(len(train_rows))] for _ in range(cfg.batch_size)]
         texts = []
         for row in batch_rows:
-            question = row["question"] if cfg.task == "ocr" else grounding_question(row["expression"])
+            question = row_question(row)  # a record's own (ocr), else the grounding question of the expression
             if question not in prompts:
                 prompts[question] = chat_prompt(processor, question)
             texts.append(prompts[question])

@@ -41,9 +41,7 @@ def resized_size(
 
 @dataclass(frozen=True)
 class QwenVLFamily(Family):
-    """The Qwen-VL families: what they share is the default here. `relative_scale` > 0: boxes are written on a
-    fixed grid of that size (Qwen3-VL: 0-1000, relative to the image) instead of in the pixels of the resized image
-    (Qwen2.5-VL)."""
+    """The Qwen-VL families: what they share is the default here."""
 
     projector: str = "merger"
     image_inputs: tuple[str, ...] = ("pixel_values", "image_grid_thw")
@@ -52,7 +50,6 @@ class QwenVLFamily(Family):
     grounding_template: str = QWEN_GROUNDING_QUESTION
     default_frame: str = "original"
     pixel_boxes: bool = True
-    relative_scale: int = 0
 
     def select_images(self, images: dict, picks: Sequence[int]) -> dict:
         import torch
@@ -73,9 +70,7 @@ class QwenVLFamily(Family):
 
     def answer_pixels(self, processor, width: int, height: int) -> tuple[int, int]:
         """The size the processor resizes a `width` x `height` image to (`resized_size` with the processor's patch
-        size x merge size and its min / max pixels), or the fixed grid of `relative_scale`."""
-        if self.relative_scale:
-            return self.relative_scale, self.relative_scale
+        size x merge size and its min / max pixels)."""
         images = processor.image_processor
         return resized_size(
             width,

@@ -2,7 +2,7 @@
 with three differences that matter here:
 
 - boxes are relative: JSON `bbox_2d` on a 0-1000 grid of the image, whatever its size, so the answer frame is a
-  fixed 1000 x 1000 one (`relative_scale`), the original frame scaled;
+  fixed 1000 x 1000 one, the original frame scaled;
 - DeepStack: besides `visual.merger`, one merger per `deepstack_visual_indexes` entry feeds visual features into
   early language-model layers; all of them are projectors into the language model and train fully;
 - 16-pixel patches (a resize grid of 32) and interleaved M-RoPE sections, both inside the model and its processor.
@@ -16,15 +16,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from perpo.boxes import QWEN_SCALE
 from perpo.families.base import register
 from perpo.families.qwen2_5_vl import QwenVLFamily
 
 
 @dataclass(frozen=True)
 class Qwen3VLFamily(QwenVLFamily):
+    def answer_pixels(self, processor, width: int, height: int) -> tuple[int, int]:
+        """Qwen3-VL's relative 0-1000 grid, whatever the image's size."""
+        return int(QWEN_SCALE), int(QWEN_SCALE)
+
     def trained_modules(self, config) -> list[str]:
         deepstack = len(getattr(config.vision_config, "deepstack_visual_indexes", ()))
         return [self.projector, *(f"deepstack_merger_list.{i}" for i in range(deepstack))]
 
 
-QWEN3_VL = register(Qwen3VLFamily("qwen3_vl", "Qwen3VLForConditionalGeneration", relative_scale=1000))
+QWEN3_VL = register(Qwen3VLFamily("qwen3_vl", "Qwen3VLForConditionalGeneration"))

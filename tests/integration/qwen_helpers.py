@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from perpo.embedded.tiny import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
+
 # The tiny Qwen's own image bounds (perpo.embedded.tiny): the model, its processor and the tasks agree on them.
-QWEN_ENV = {"PERPO_QWEN_MIN_PIXELS": str(56 * 56), "PERPO_QWEN_MAX_PIXELS": str(112 * 112)}
+QWEN_ENV = {"PERPO_QWEN_MIN_PIXELS": str(QWEN_MIN_PIXELS), "PERPO_QWEN_MAX_PIXELS": str(QWEN_MAX_PIXELS)}
 
 
 def qwen_task_docs(refcoco_dir: Path, splits: list[tuple[str, str]]) -> list[dict]:
