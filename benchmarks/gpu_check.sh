@@ -22,6 +22,7 @@ PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu DTYPE=float32 dry-runs the tiny loop without a GPU
 DTYPE=${DTYPE:-bfloat16}
 CHECKS=${CHECKS:-machine tiny_loop sdpa_shapes sdpa_shapes_7b train_bench_7b pytest_gpu}  # a subset: CHECKS="machine tiny_loop"
+# SDPA_CALLS: timed calls per setting of sdpa_shapes (default 40, and 20 at 7B shapes)
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 failed=()
@@ -40,7 +41,7 @@ step() {  # step NAME COMMAND...: run, log to OUT_DIR/NAME.txt, time it, remembe
 }
 
 machine() {
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || return
     "$PY" - <<'EOF'
 import platform, torch, transformers, peft
 print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
@@ -74,8 +75,9 @@ tiny_loop() {
 
 step machine machine
 step tiny_loop tiny_loop
-step sdpa_shapes "$PY" benchmarks/sdpa_shapes.py
-step sdpa_shapes_7b "$PY" benchmarks/sdpa_shapes.py --heads 32 --head_dim 128 --lengths 600 1100 --calls 20
+step sdpa_shapes "$PY" benchmarks/sdpa_shapes.py --calls "${SDPA_CALLS:-40}"
+step sdpa_shapes_7b "$PY" benchmarks/sdpa_shapes.py --heads 32 --head_dim 128 --lengths 600 1100 \
+    --calls "${SDPA_CALLS:-20}"
 step train_bench_7b "$PY" benchmarks/train_bench.py --size 7b --device cuda --n 2 8 20 --steps 5 --no-pairs \
     --json "$OUT_DIR/train_bench_7b.json"
 step pytest_gpu "$PY" -m pytest -m gpu -s -p no:cacheprovider -o addopts="" tests/integration/test_gpu.py
