@@ -14,7 +14,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help venv demo demo-quick test lint format clean
+.PHONY: help venv demo demo-quick demo-ocr test lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -33,6 +33,9 @@ demo: $(STAMP)  ## the whole loop on the embedded default (synthetic data + tiny
 
 demo-quick: $(STAMP)  ## a minute-scale smoke run of the demo
 	$(BIN)/perpo demo --quick --out runs/demo-quick
+
+demo-ocr: $(STAMP)  ## the OCR half of the paper in miniature: synthetic pages, edit-distance rewards, Table 2 twin
+	$(BIN)/perpo demo --track ocr --out runs/demo_ocr
 
 test: $(STAMP)  ## the whole test suite (unit + integration; gpu-marked tests skip without a GPU)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

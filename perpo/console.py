@@ -204,6 +204,9 @@ EVAL_COLUMNS = (
     ("perpo_synth_test_noimg", "ap50", "no image"),
     ("perpo_synth_test_bon20", "ap50_best", "best-of-20 oracle"),
     ("perpo_synth_test_bon4", "ap50_best", "best-of-4 oracle"),
+    ("perpo_fox_en_page", "edit_dist", "test edit distance"),  # the OCR track (`perpo demo --track ocr`)
+    ("perpo_fox_en_page_blankimg", "edit_dist", "blank page"),
+    ("perpo_fox_en_page_bon20", "edit_dist_best", "best-of-20 oracle"),
 )
 
 
@@ -213,7 +216,7 @@ def eval_summary(name: str, summary: dict[str, dict[str, float]], width: int = 8
     for task, metric, label in EVAL_COLUMNS:
         value = summary.get(task, {}).get(metric)
         if _finite(value):
-            parts.append(f"{label} {100 * value:.1f}%")
+            parts.append(f"{label} {value:.3f}" if "edit_dist" in metric else f"{label} {100 * value:.1f}%")
             failed = summary[task].get("parse_fail")
             if task != "perpo_synth_test" and _finite(failed) and failed > 0:  # an image ablation: boxes written?
                 parts[-1] += f" (no box in {100 * failed:.0f}%)"

@@ -44,7 +44,11 @@ DATA_VARIABLES = {
     "refcoco_source": "PERPO_REFCOCO_SOURCE",
     "fox_dir": "PERPO_FOX_DIR",
 }
-SUMMARY_METRICS = ("ap50", "iou", "parse_fail", "ap50_first", "ap50_best", "iou_best", "edit_dist", "f1", "frame")
+SUMMARY_METRICS = (
+    *("ap50", "iou", "parse_fail", "ap50_first", "ap50_best", "iou_best"),
+    *("edit_dist", "f1", "edit_dist_first", "edit_dist_best"),
+    "frame",
+)
 
 
 @dataclass

@@ -108,7 +108,7 @@ def image_ablation_figure(results: ResultSet, metric: str = "ap50") -> Figure | 
                 xs.append(g + (index - (len(modes) - 1) / 2) * width)
                 heights.append(float(value.iloc[0]) * scale)
         bars = ax.bar(xs, heights, width=width, label=IMAGE_MODES[mode])
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        ax.bar_label(bars, fmt="%.1f" if scale != 1 else "%.3f", fontsize=7)
     top = float(pairs.value.max()) * scale
     ax.set_ylim(0, top * 1.15 if top > 0 else 1.0)
     ax.set_xticks(range(len(groups)), groups, fontsize=8)

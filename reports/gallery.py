@@ -2,9 +2,9 @@
 
 The documents whose answer changed, most-changed score first (`gallery_size` of them per kind): grounding as PNGs
 of the image (in the task's frame: LLaVA-1.5's padded square for `padded`) upscaled with the ground truth (green),
-the base box (red) and the after box (blue) and a legend; OCR as one HTML page with the reference and the two
-answers, the words only the base has struck through in red and those only the after answer has in blue (difflib
-over words).
+the base box (red) and the after box (blue) and a legend; OCR as one HTML page with the page image, the reference
+and the two answers, the words only the base has struck through in red and those only the after answer has in blue
+(difflib over words).
 """
 
 from __future__ import annotations
@@ -67,6 +67,13 @@ def _canvas(row: pd.Series, path: Path | None) -> Image.Image:
         image = Image.new("RGB", (width, height), (200, 200, 200))
     if row.get("frame") == "padded":  # LLaVA-1.5's square, as the model saw it and as the boxes are normalised
         image = expand2square(image)
+    return _viewable(image)
+
+
+def _viewable(image: Image.Image) -> Image.Image:
+    """Small synthetic images upscaled (nearest neighbour, so pixels stay sharp), large ones shrunk to 512 px."""
+    from PIL import Image
+
     longest = max(image.size)
     if longest < 256:  # small synthetic scenes: nearest-neighbour upscale so boxes are visible
         factor = max(1, 256 // longest)
@@ -156,26 +163,37 @@ def diff_html(base: str, after: str) -> tuple[str, str]:
 OCR_STYLE = """<style>
 body { font-family: sans-serif; margin: 1.5em; }
 .example { border-top: 1px solid #ccc; padding: .8em 0; }
-.texts { display: grid; grid-template-columns: 1fr 1fr 1fr; gap: 1em; }
+.texts { display: grid; grid-template-columns: auto 1fr 1fr 1fr; gap: 1em; }
+img.page { image-rendering: pixelated; max-width: 320px; }
 pre { white-space: pre-wrap; background: #f7f7f7; padding: .5em; margin: 0; }
 del { color: #dc1e1e; background: #fde8e8; }
 ins { color: #1e5aff; background: #e8eefd; text-decoration: none; }
 </style>"""
 
 
-def ocr_gallery_html(rows: pd.DataFrame, labels: tuple[str, str], title: str) -> str:
-    """An HTML page: per page id the reference, the base answer and the after answer, differences highlighted."""
+def ocr_gallery_html(
+    rows: pd.DataFrame, labels: tuple[str, str], title: str, pages: Sequence[str | None] | None = None
+) -> str:
+    """An HTML page: per page id the page image (`pages`: one file name per row beside the page, None when it was
+    not found), the reference, the base answer and the after answer, differences highlighted."""
+    pages = list(pages) if pages is not None else [None] * len(rows)
     parts = [
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{OCR_STYLE}",
         f"</head><body><h1>{html.escape(title)}</h1>",
         f"<p><del>red, struck</del>: only in {html.escape(labels[0])}; <ins>blue</ins>: only in "
         f"{html.escape(labels[1])}. Edit distance: lower is better.</p>",
     ]
-    for row in rows.itertuples(index=False):
+    for row, page in zip(rows.itertuples(index=False), pages, strict=True):
         left, right = diff_html(row.base_answer, row.after_answer)
+        image = (
+            f"<img class='page' src='{html.escape(page)}' alt='page {html.escape(str(row.id))}'>"
+            if page
+            else "<i>page image not found</i>"
+        )
         parts.append(
             f"<div class='example'><h3>{html.escape(row.task)} · {html.escape(str(row.id))}: edit distance "
             f"{row.base_score:.3f} → {row.after_score:.3f} ({row.outcome})</h3><div class='texts'>"
+            f"<div><b>page</b><br>{image}</div>"
             f"<div><b>reference</b><pre>{html.escape(row.reference)}</pre></div>"
             f"<div><b>{html.escape(labels[0])}</b><pre>{left}</pre></div>"
             f"<div><b>{html.escape(labels[1])}</b><pre>{right}</pre></div></div></div>"
@@ -194,7 +212,7 @@ def write_gallery(
     """Draw the gallery into `out` (PNG per grounding example, `index.html`, `ocr.html`).
 
     Returns:
-        `{"grounding": [png paths], "ocr": [html path], "index": [index.html]}` (lists may be empty).
+        `{"grounding": [png paths], "ocr": [html path, page pngs], "index": [index.html]}` (lists may be empty).
     """
     labels = (comparison.base.label, comparison.after.label)
     written: dict[str, list[Path]] = {"grounding": [], "ocr": [], "index": []}
@@ -221,10 +239,32 @@ def write_gallery(
         )
     ocr_rows = gallery_rows(comparison.samples, "ocr", size)
     if not ocr_rows.empty:
+        pages = []
+        for row in ocr_rows.itertuples(index=False):
+            series = pd.Series(row._asdict())
+            path = resolve_image(series, image_roots)
+            if path is None:
+                comparison.problems.append(
+                    Problem(
+                        comparison.after.label,
+                        "missing_file",
+                        row.task,
+                        "",
+                        f"page image of {row.id} not found ({series.get('image')}); pass --image_root",
+                    )
+                )
+                pages.append(None)
+                continue
+            png = out / f"{_safe(row.task)}__{_safe(str(row.id))}.png"
+            png.parent.mkdir(parents=True, exist_ok=True)
+            _viewable(load_image(path)).save(png)
+            written["ocr"].append(png)
+            pages.append(png.name)
         page = out / "ocr.html"
+        title = f"OCR answers that changed: {labels[0]} → {labels[1]}"
         with atomic_open(page, "w", encoding="utf-8") as handle:
-            handle.write(ocr_gallery_html(ocr_rows, labels, f"OCR answers that changed: {labels[0]} → {labels[1]}"))
-        written["ocr"].append(page)
+            handle.write(ocr_gallery_html(ocr_rows, labels, title, pages))
+        written["ocr"].insert(0, page)
     if cards or written["ocr"]:
         index = out / "index.html"
         ocr_link = "<p><a href='ocr.html'>OCR answers that changed</a></p>" if written["ocr"] else ""

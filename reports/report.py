@@ -220,7 +220,10 @@ def build_figures(results: ResultSet, cfg: ReportConfig, root: Path) -> list[str
                 (f"best_of_n_{metric}", f"Best-of-N {metric} (Figure 1b)", figs.best_of_n_figure(results, metric))
             )
     if "image_ablation" in wanted:
-        made.append(("image_ablation", "With and without the image (Figure 1c)", figs.image_ablation_figure(results)))
+        for metric, suffix in (("ap50", ""), ("edit_dist", "_edit_dist")):
+            fig = figs.image_ablation_figure(results, metric)
+            if fig is not None or not suffix:  # the grounding figure is named even when absent; OCR's only when drawn
+                made.append((f"image_ablation{suffix}", f"With and without the image, {metric} (Figure 1c)", fig))
     for field in ("n", "gamma", "margin"):
         if f"{field}_sweep" in wanted:
             fig = figs.sweep_figure(results, field, _sweep_series(cfg, results, field))

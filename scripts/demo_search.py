@@ -10,6 +10,11 @@ per (learning rate, β) pair, SFT (which has no β) as many learning rates (`--s
 looked at. A trial whose adapter is already there (`trial.json` beside it) is scored, not trained again, so an
 interrupted search picks up where it stopped. Writes `search.json` and `search.md`, prints the table and each
 method's best setting; the demo's `--lr_<method>` / `--beta_<method>` defaults are those picks.
+
+`--track ocr` searches the OCR track's demo (`perpo demo --track ocr`: seed-1 synthetic pages, the committed
+tiny_llava_ocr, 1 − edit distance, margin 0.04; methods SFT, DPO, PerPO) and scores greedy edit distance (lower is
+better) on the val pages and on the pages of the first 200 training lists. Each trial's scores are kept beside its
+adapter (`ocr_scores.json`), so a search widened with more learning rates scores only the new trials.
 """
 
 from __future__ import annotations
@@ -19,30 +24,44 @@ import json
 import time
 from pathlib import Path
 
-from perpo.embedded.demo import METHODS, DemoConfig, build_lists, prepare_base, sample_lists, train_method
+from perpo.embedded.demo import (
+    DemoConfig,
+    OCRDemoConfig,
+    build_lists,
+    page_records,
+    prepare_base,
+    sample_lists,
+    train_method,
+)
 from perpo.io import read_jsonl, write_json
 from perpo.modeling import load_model, load_processor
-from perpo.quickeval import evaluate_grounding
+from perpo.quickeval import evaluate_grounding, evaluate_ocr
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/demo_search"))
+    parser.add_argument("--track", choices=("grounding", "ocr"), default="grounding")
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-5, 1e-4, 3e-4])
     parser.add_argument("--betas", type=float, nargs="+", default=[0.1, 0.5])
     parser.add_argument("--sft_lrs", type=float, nargs="+", default=[1e-4, 2e-4, 3e-4, 6e-4, 1e-3, 3e-3])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=None, help="default: the track's demo methods")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--instructions", type=int, default=DemoConfig.instructions)
     parser.add_argument("--quick", action="store_true", help="the demo's --quick scale (for tests)")
     args = parser.parse_args()
 
-    cfg = DemoConfig(out=str(args.out), seed=args.seed, instructions=args.instructions, quick=args.quick)
+    config = OCRDemoConfig if args.track == "ocr" else DemoConfig
+    cfg = config(out=str(args.out), seed=args.seed, instructions=args.instructions, quick=args.quick)
+    args.methods = args.methods or list(cfg.methods)
     data, base = prepare_base(cfg, args.out)
     lists = args.out / "lists"
     if not (lists / "train.jsonl").is_file():
         sample_lists(cfg, data, base, lists)
         build_lists(cfg, lists)
+    if args.track == "ocr":
+        search_ocr(args, cfg, base, page_records(data, "val"), read_jsonl(lists / "train.jsonl")[:200])
+        return
     val = read_jsonl(data / "synth_val.jsonl")
     processor = load_processor(base)
 
@@ -52,25 +71,10 @@ def main() -> None:
 
     rows = [{"method": "base", "lr": None, "beta": None, **val_ap50(None), "train_s": 0.0}]
     print(f"base: val AP@50 {rows[0]['ap50']:.3f}", flush=True)
-    for method in args.methods:
-        trials = (
-            [(lr, None) for lr in args.sft_lrs]
-            if method == "sft"
-            else [(lr, b) for lr in args.lrs for b in args.betas]
-        )
-        for lr, beta in trials:
-            name = f"{method}_lr{lr:g}" + (f"_beta{beta:g}" if beta is not None else "")
-            folder = args.out / "models" / name
-            if (folder / "trial.json").is_file():  # trained by an earlier, interrupted search: keep it
-                adapter, seconds = folder, json.loads((folder / "trial.json").read_text())["train_s"]
-            else:
-                began = time.perf_counter()
-                adapter = train_method(cfg, method, base, lists, folder, lr=lr, beta=beta)
-                seconds = time.perf_counter() - began
-                write_json(folder / "trial.json", {"train_s": round(seconds, 1)})
-            metrics = val_ap50(adapter) | {"train_lists_ap50": _train_lists_ap50(folder)}
-            rows.append({"method": method, "lr": lr, "beta": beta, **metrics, "train_s": round(seconds, 1)})
-            print(f"{name}: val AP@50 {metrics['ap50']:.3f} (train {seconds:.0f} s)", flush=True)
+    for method, lr, beta, name, adapter, seconds in trials(args, cfg, base, lists):
+        metrics = val_ap50(adapter) | {"train_lists_ap50": _train_lists_ap50(adapter)}
+        rows.append({"method": method, "lr": lr, "beta": beta, **metrics, "train_s": round(seconds, 1)})
+        print(f"{name}: val AP@50 {metrics['ap50']:.3f} (train {seconds:.0f} s)", flush=True)
 
     best = {}
     for method in args.methods:
@@ -94,6 +98,83 @@ def main() -> None:
         f"\n\n* = best setting per method ({len(val)} val expressions, seed {args.seed}). Right object: IoU >= 0.1, "
         "i.e. the box is on the referent, however loose. Train-list AP@50: the first lists' own instructions, "
         "scored by the trainer (`--eval_train_lists`).\n"
+    )
+    (args.out / "search.md").write_text(table)
+    write_json(
+        args.out / "search.json", {"rows": rows, "best_lr": best, "config": vars(args) | {"out": str(args.out)}}
+    )
+    print(table)
+    print("best settings:", json.dumps(best))
+
+
+def trials(args, cfg, base: Path, lists: Path):
+    """Train (or find, from an interrupted search) every trial; yield (method, lr, β, name, adapter, train seconds).
+
+    The same number of trials per method: one per (lr, β) for the preference losses, one per `--sft_lrs` for SFT.
+    """
+    for method in args.methods:
+        settings = (
+            [(lr, None) for lr in args.sft_lrs]
+            if method == "sft"
+            else [(lr, b) for lr in args.lrs for b in args.betas]
+        )
+        for lr, beta in settings:
+            name = f"{method}_lr{lr:g}" + (f"_beta{beta:g}" if beta is not None else "")
+            folder = args.out / "models" / name
+            if (folder / "trial.json").is_file():  # trained by an earlier, interrupted search: keep it
+                seconds = json.loads((folder / "trial.json").read_text())["train_s"]
+            else:
+                began = time.perf_counter()
+                train_method(cfg, method, base, lists, folder, lr=lr, beta=beta)
+                seconds = round(time.perf_counter() - began, 1)
+                write_json(folder / "trial.json", {"train_s": seconds})
+            yield method, lr, beta, name, folder, seconds
+
+
+def search_ocr(args, cfg, base: Path, val: list[dict], train_lists: list[dict]) -> None:
+    """The OCR track's search: greedy edit distance (lower is better) on the val pages, and on the first 200
+    training lists' own pages (does the method fit its training data?); writes search.json / search.md."""
+    processor = load_processor(base)
+
+    def score(adapter: Path | None) -> dict:
+        """Greedy edit distances of a trial; kept in `<trial>/ocr_scores.json`, so a widened search scores only
+        its new trials."""
+        cache = (adapter or args.out / "models" / "base") / "ocr_scores.json"
+        if cache.is_file():
+            saved = json.loads(cache.read_text())
+            if saved.get("n") == len(val) and saved.get("train_lists") == len(train_lists):
+                return saved["scores"]
+        model = load_model(base, dtype="float32", adapter=adapter)
+        on_val = evaluate_ocr(model, processor, val, batch_size=64)
+        on_train = evaluate_ocr(model, processor, train_lists, batch_size=64)
+        scores = {**on_val, "train_lists_edit_dist": on_train["edit_dist"]}
+        write_json(cache, {"n": len(val), "train_lists": len(train_lists), "scores": scores})
+        return scores
+
+    rows = [{"method": "base", "lr": None, "beta": None, **score(None), "train_s": 0.0}]
+    print(f"base: val edit distance {rows[0]['edit_dist']:.3f}", flush=True)
+    for method, lr, beta, name, adapter, seconds in trials(args, cfg, base, args.out / "lists"):
+        rows.append({"method": method, "lr": lr, "beta": beta, **score(adapter), "train_s": seconds})
+        print(f"{name}: val edit distance {rows[-1]['edit_dist']:.3f} (train {seconds:.0f} s)", flush=True)
+    best = {}
+    for method in args.methods:
+        pick = min((r for r in rows if r["method"] == method), key=lambda r: r["edit_dist"])
+        best[method] = {"lr": pick["lr"], "beta": pick["beta"]}
+    lines = [
+        "| method | lr | β | val edit distance ↓ | val exact pages | train-list edit distance ↓ | train s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        chosen = r["lr"] is not None and best.get(r["method"]) == {"lr": r["lr"], "beta": r["beta"]}
+        lr = "–" if r["lr"] is None else f"{r['lr']:g}"
+        beta = "–" if r["beta"] is None else f"{r['beta']:g}"
+        lines.append(
+            f"| {r['method']}{' *' if chosen else ''} | {lr} | {beta} | {r['edit_dist']:.3f} | "
+            f"{100 * r['exact']:.1f} | {r['train_lists_edit_dist']:.3f} | {r['train_s']:.0f} |"
+        )
+    table = "\n".join(lines) + (
+        f"\n\n* = best setting per method ({len(val)} val pages, seed {args.seed}). Train-list edit distance: the "
+        f"pages of the first {len(train_lists)} training lists, greedy, as on val.\n"
     )
     (args.out / "search.md").write_text(table)
     write_json(

@@ -4,6 +4,11 @@
     python scripts/demo_seeds.py runs/demo_seed0 runs/demo_seed1 runs/demo_seed2 [--out runs/demo_seeds.md]
     python scripts/demo_seeds.py --table-from docs/results/miniature_seeds.json [--readme README.md]
 
+The OCR track (`perpo demo --track ocr`) works the same way on its folders: edit distance on the test pages in
+place of AP@50 (lower is better, shown as it is, not in percent), docs/results/miniature_ocr_seeds.json, and the
+README block between `<!-- miniature-ocr-seeds:begin -->` and `<!-- miniature-ocr-seeds:end -->`. The track is
+read from each folder's demo_config.json (and from the JSON's `track` with --table-from).
+
 Reads every `<demo>/eval/<method>/` folder through `reports.load` (the same loader `perpo report` uses) and
 prints two tables: the per-seed detail (mean ± sd over seeds of every column, the gain over the base paired by
 seed, AP@50 per seed) and the results table of the README, which it also saves as JSON (`--json`, default
@@ -40,39 +45,101 @@ from perpo.embedded.demo import LABELS
 from perpo.io import atomic_open, write_json
 from reports.load import METHOD_ORDER, RunSpec, load_results
 
-COLUMNS = {
-    "AP@50": ("perpo_synth_test", "ap50"),
-    "AP@50 original frame": ("perpo_synth_test_orig", "ap50"),
-    "AP@50 no image": ("perpo_synth_test_noimg", "ap50"),
-    "AP@50 blank image": ("perpo_synth_test_blankimg", "ap50"),
-    "best-of-20 first": ("perpo_synth_test_bon20", "ap50_first"),
-    "best-of-20 oracle": ("perpo_synth_test_bon20", "ap50_best"),
+
+@dataclass(frozen=True)
+class Track:
+    """What the table of one demo track reads and how it shows it."""
+
+    name: str
+    task: str  # the task whose per-document scores the gains and intervals use
+    metric: str  # its per-document metric
+    scale: float  # shown value = scale × metric (100: percent)
+    digits: int
+    higher_is_better: bool
+    columns: dict[str, tuple[str, str]]  # column → (lmms-eval task, metric); a column no run has is left out
+    json_keys: dict[str, str]  # column → key prefix in the JSON (`<prefix>_mean`, `<prefix>_sd`)
+    readme_extra: tuple[str, ...]  # columns of the README table after the headline and the gains
+    what: str  # the first words of the tables' captions
+    default_json: Path
+    markers: tuple[str, str]  # the README block this track's table replaces
+
+    @property
+    def headline(self) -> str:
+        return next(iter(self.columns))
+
+
+TRACKS = {
+    "grounding": Track(
+        name="grounding",
+        task="perpo_synth_test",
+        metric="ap50",
+        scale=100.0,
+        digits=1,
+        higher_is_better=True,
+        columns={
+            "AP@50": ("perpo_synth_test", "ap50"),
+            "AP@50 original frame": ("perpo_synth_test_orig", "ap50"),
+            "AP@50 no image": ("perpo_synth_test_noimg", "ap50"),
+            "AP@50 blank image": ("perpo_synth_test_blankimg", "ap50"),
+            "best-of-20 first": ("perpo_synth_test_bon20", "ap50_first"),
+            "best-of-20 oracle": ("perpo_synth_test_bon20", "ap50_best"),
+        },
+        json_keys={
+            "AP@50": "ap50",
+            "AP@50 original frame": "ap50_orig",
+            "AP@50 no image": "ap50_noimg",
+            "AP@50 blank image": "ap50_blankimg",
+            "best-of-20 first": "bon20_first",
+            "best-of-20 oracle": "bon20_oracle",
+        },
+        readme_extra=("AP@50 blank image", "best-of-20 first", "best-of-20 oracle"),
+        what="AP@50 (%) on the synthetic test split",
+        default_json=Path("docs/results/miniature_seeds.json"),
+        markers=("<!-- miniature-seeds:begin -->", "<!-- miniature-seeds:end -->"),
+    ),
+    "ocr": Track(
+        name="ocr",
+        task="perpo_fox_en_page",
+        metric="edit_dist",
+        scale=1.0,
+        digits=3,
+        higher_is_better=False,
+        columns={
+            "edit distance": ("perpo_fox_en_page", "edit_dist"),
+            "F1": ("perpo_fox_en_page", "f1"),
+            "edit distance blank page": ("perpo_fox_en_page_blankimg", "edit_dist"),
+            "best-of-20 first": ("perpo_fox_en_page_bon20", "edit_dist_first"),
+            "best-of-20 oracle": ("perpo_fox_en_page_bon20", "edit_dist_best"),
+        },
+        json_keys={
+            "edit distance": "edit_dist",
+            "F1": "f1",
+            "edit distance blank page": "edit_dist_blankimg",
+            "best-of-20 first": "bon20_first",
+            "best-of-20 oracle": "bon20_oracle",
+        },
+        readme_extra=("F1", "edit distance blank page", "best-of-20 first", "best-of-20 oracle"),
+        what="Normalised edit distance (lower is better) on the synthetic test pages",
+        default_json=Path("docs/results/miniature_ocr_seeds.json"),
+        markers=("<!-- miniature-ocr-seeds:begin -->", "<!-- miniature-ocr-seeds:end -->"),
+    ),
 }
-"""Columns of the detail table: (lmms-eval task, metric). A column no run has is left out."""
-JSON_KEYS = {
-    "AP@50": "ap50",
-    "AP@50 original frame": "ap50_orig",
-    "AP@50 no image": "ap50_noimg",
-    "AP@50 blank image": "ap50_blankimg",
-    "best-of-20 first": "bon20_first",
-    "best-of-20 oracle": "bon20_oracle",
-}
-"""Column → key prefix in the JSON (`<prefix>_mean`, `<prefix>_sd`)."""
-TASK = "perpo_synth_test"
-"""The task whose per-document `ap50` the gains and intervals use."""
-DEFAULT_JSON = Path("docs/results/miniature_seeds.json")
-BEGIN, END = "<!-- miniature-seeds:begin -->", "<!-- miniature-seeds:end -->"
+GROUNDING = TRACKS["grounding"]
+DEFAULT_JSON = GROUNDING.default_json
+BEGIN, END = GROUNDING.markers
 
 
 @dataclass
 class Loaded:
-    """The demos' results: one row per (seed, method) with the COLUMNS in percent, and the per-document AP@50.
+    """The demos' results: one row per (seed, method) with the track's columns as shown (AP@50 in percent, edit
+    distance as it is), and the per-document scores of the track's task.
 
-    `docs[seed][method]` maps each test document's id to its AP@50 in percent (0 or 100)."""
+    `docs[seed][method]` maps each test document's id to its score (AP@50: 0 or 100)."""
 
     table: pd.DataFrame
     docs: dict[int, dict[str, dict[str, float]]]
     quick: bool
+    track: Track = GROUNDING
 
 
 def _doc_id(sample: dict) -> str:
@@ -82,9 +149,11 @@ def _doc_id(sample: dict) -> str:
 
 def load(demos: Sequence[Path]) -> Loaded:
     """Read every `<demo>/eval/<method>/` of every demo folder (one folder per seed)."""
-    specs, seeds, seed_of, quick = [], {}, {}, False
+    specs, seeds, seed_of, quick, tracks = [], {}, {}, False, set()
     for demo in demos:
-        config = json.loads((demo / "demo_config.json").read_text())["DemoConfig"]
+        saved = json.loads((demo / "demo_config.json").read_text())
+        config = saved.get("DemoConfig") or saved["OCRDemoConfig"]
+        tracks.add(config.get("track", "grounding"))
         seed = int(config["seed"])
         quick = quick or bool(config.get("quick"))
         if seed in seeds:
@@ -94,22 +163,25 @@ def load(demos: Sequence[Path]) -> Loaded:
             label = f"{folder.name} seed {seed}"
             specs.append(RunSpec(path=str(folder), label=label, method=folder.name))
             seed_of[label] = seed
+    if len(tracks) != 1:
+        raise SystemExit(f"the demo folders mix tracks ({', '.join(sorted(tracks))}): give one track's seeds")
+    track = TRACKS[tracks.pop()]
     results = load_results(specs)
     frame = results.frame
     rows = []
     for (method, label), part in frame.groupby(["method", "run"]):
         values = {(t, m): v for t, m, v in zip(part["task"], part["metric"], part["value"], strict=True)}
         row = {"method": method, "seed": seed_of[label]}
-        row |= {name: 100 * values[key] for name, key in COLUMNS.items() if key in values}
+        row |= {name: track.scale * values[key] for name, key in track.columns.items() if key in values}
         rows.append(row)
     docs: dict[int, dict[str, dict[str, float]]] = {}
     for run in results.runs:
-        samples = run.samples(TASK)
+        samples = run.samples(track.task)
         if samples:
-            per_doc = {_doc_id(s): 100 * float(s["ap50"]) for s in samples if "ap50" in s}
+            per_doc = {_doc_id(s): track.scale * float(s[track.metric]) for s in samples if track.metric in s}
             docs.setdefault(seed_of[run.label], {})[str(run.meta["method"])] = per_doc
     table = pd.DataFrame(rows).sort_values(["seed", "method"]).reset_index(drop=True)
-    return Loaded(table, docs, quick)
+    return Loaded(table, docs, quick, track)
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -158,13 +230,15 @@ def summary_json(loaded: Loaded, replicates: int = 10_000, bootstrap_seed: int =
     Per method: `ap50_mean`, `ap50_sd` (over seeds; null with one seed), `ap50_per_seed`, `gain_vs_base_mean`,
     `gain_vs_base_ci95` (null for the base itself), for PerPO `gain_vs_dpo_mean` and `gain_vs_dpo_ci95`,
     `<column>_mean` / `<column>_sd` of every other column the runs have, `n_docs` per seed and
-    `bootstrap_replicates`.
+    `bootstrap_replicates` (the OCR track: `edit_dist_*` in place of `ap50_*`; a gain there is a change in edit
+    distance, negative when the model got better).
     """
-    table, docs = loaded.table, loaded.docs
+    table, docs, track = loaded.table, loaded.docs, loaded.track
+    task, headline = track.task, track.headline
     seeds = sorted(int(s) for s in set(table["seed"]))
     missing = [s for s in seeds if "base" not in docs.get(s, {})]
     if missing:
-        raise SystemExit(f"no base run with {TASK} samples for seed(s) {missing}: the gains are paired with the base")
+        raise SystemExit(f"no base run with {task} samples for seed(s) {missing}: the gains are paired with the base")
     order = {s: sorted(docs[s]["base"]) for s in seeds}  # the documents of each seed, in a fixed order
     counts = {s: resample_counts(len(order[s]), replicates, np.random.default_rng([bootstrap_seed, s])) for s in seeds}
 
@@ -173,11 +247,11 @@ def summary_json(loaded: Loaded, replicates: int = 10_000, bootstrap_seed: int =
         for s in seeds:
             per_doc = docs[s].get(method)
             if per_doc is None:
-                raise SystemExit(f"seed {s}: no {TASK} samples for {method} (every seed needs every method)")
+                raise SystemExit(f"seed {s}: no {task} samples for {method} (every seed needs every method)")
             absent = [d for d in order[s] if d not in per_doc]
             if absent:
                 raise SystemExit(
-                    f"seed {s}: {method} lacks {len(absent)} of the base's {len(order[s])} {TASK} documents "
+                    f"seed {s}: {method} lacks {len(absent)} of the base's {len(order[s])} {task} documents "
                     f"(e.g. {absent[0]}): evaluate every method on the same documents"
                 )
             out.append(np.array([per_doc[d] for d in order[s]]))
@@ -190,13 +264,13 @@ def summary_json(loaded: Loaded, replicates: int = 10_000, bootstrap_seed: int =
     for method in present:
         part = table[table["method"] == method].set_index("seed").sort_index()
         entry: dict = {}
-        for name, key in JSON_KEYS.items():
+        for name, key in track.json_keys.items():
             if name not in part or part[name].isna().all():
                 continue
             values = part[name].dropna()
             entry[f"{key}_mean"] = _r(values.mean())
             entry[f"{key}_sd"] = _r(values.std(ddof=1)) if len(values) > 1 else None
-        entry["ap50_per_seed"] = [_r(v) for v in part["AP@50"]]
+        entry[f"{track.json_keys[headline]}_per_seed"] = [_r(v) for v in part[headline]]
         own = scores(method)
         entry["n_docs"] = [int(len(x)) for x in own]
         if method == "base":
@@ -209,69 +283,76 @@ def summary_json(loaded: Loaded, replicates: int = 10_000, bootstrap_seed: int =
             entry["gain_vs_dpo_mean"], entry["gain_vs_dpo_ci95"] = _r(mean), [_r(ci[0]), _r(ci[1])]
         entry["bootstrap_replicates"] = replicates
         methods[method] = entry
-    return {"methods": methods, "seeds": seeds}
+    return {"methods": methods, "seeds": seeds, "track": track.name}
 
 
 # ---------------------------------------------------------------------------------------------- tables
 
 
-def _mean_sd(values: pd.Series, sign: str = "") -> str:
+def _mean_sd(values: pd.Series, sign: str = "", digits: int = 1) -> str:
     if values.empty:
         return "–"
-    mean = f"{values.mean():{sign}.1f}"
-    return mean if len(values) < 2 else f"{mean} ± {values.std(ddof=1):.1f}"
+    mean = f"{values.mean():{sign}.{digits}f}"
+    return mean if len(values) < 2 else f"{mean} ± {values.std(ddof=1):.{digits}f}"
 
 
-def summarise(table: pd.DataFrame) -> str:
-    """Markdown: mean ± sd over seeds per method, the gain over the base paired by seed, and the per-seed AP@50."""
+def summarise(table: pd.DataFrame, track: Track = GROUNDING) -> str:
+    """Markdown: mean ± sd over seeds per method, the gain over the base paired by seed, and the per-seed headline."""
     order = [m for m in METHOD_ORDER if m in set(table["method"])]
-    columns = [name for name in COLUMNS if name in table and table[name].notna().any()]
-    base = table[table["method"] == "base"].set_index("seed")["AP@50"]
+    headline, digits = track.headline, track.digits
+    columns = [name for name in track.columns if name in table and table[name].notna().any()]
+    base = table[table["method"] == "base"].set_index("seed")[headline]
     lines = [
-        f"AP@50 (%) on the synthetic test split over seeds {sorted(set(table['seed']))}: mean ± sd.",
+        f"{track.what} over seeds {sorted(set(table['seed']))}: mean ± sd.",
         "",
-        "| method | " + " | ".join(columns) + " | gain over base (paired) | AP@50 per seed |",
+        "| method | " + " | ".join(columns) + f" | gain over base (paired) | {headline} per seed |",
         "| :--- |" + " ---: |" * (len(columns) + 2),
     ]
     for method in order:
         part = table[table["method"] == method].set_index("seed").sort_index()
-        cells = [_mean_sd(part[name].dropna() if name in part else pd.Series(dtype=float)) for name in columns]
-        gain = (part["AP@50"] - base.reindex(part.index)).dropna()
-        gain_text = "–" if method == "base" else _mean_sd(gain, "+")
-        per_seed = ", ".join(f"{v:.1f}" for v in part["AP@50"])
+        cells = [
+            _mean_sd(part[name].dropna() if name in part else pd.Series(dtype=float), digits=digits)
+            for name in columns
+        ]
+        gain = (part[headline] - base.reindex(part.index)).dropna()
+        gain_text = "–" if method == "base" else _mean_sd(gain, "+", digits)
+        per_seed = ", ".join(f"{v:.{digits}f}" for v in part[headline])
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {gain_text} | {per_seed} |")
     return "\n".join(lines) + "\n"
 
 
-def _value(entry: dict, key: str) -> str:
+def _value(entry: dict, key: str, digits: int = 1) -> str:
     mean, sd = entry.get(f"{key}_mean"), entry.get(f"{key}_sd")
     if mean is None:
         return "–"
-    return f"{mean:.1f}" if sd is None else f"{mean:.1f} ± {sd:.1f}"
+    return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
-def _gain(entry: dict, name: str) -> str:
+def _gain(entry: dict, name: str, digits: int = 1) -> str:
     mean, ci = entry.get(f"{name}_mean"), entry.get(f"{name}_ci95")
     if mean is None or ci is None:
         return "–"
-    return f"{mean:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}]"
+    return f"{mean:+.{digits}f} [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
 
 
 def results_table(summary: dict) -> str:
     """The README's Markdown table from the results JSON (`summary_json`)."""
-    methods = summary["methods"]
+    track = TRACKS[summary.get("track", "grounding")]
+    methods, keys, digits = summary["methods"], track.json_keys, track.digits
     extra = [
-        (name, JSON_KEYS[name])
-        for name in ("AP@50 blank image", "best-of-20 first", "best-of-20 oracle")
-        if any(entry.get(f"{JSON_KEYS[name]}_mean") is not None for entry in methods.values())
+        (name, keys[name])
+        for name in track.readme_extra
+        if any(entry.get(f"{keys[name]}_mean") is not None for entry in methods.values())
     ]
-    header = ["method", "AP@50", "gain vs base [95% CI]", "gain vs DPO [95% CI]", *(name for name, _ in extra)]
+    gain = "gain" if track.higher_is_better else "change"  # an edit distance that falls is the good direction
+    header = ["method", track.headline, f"{gain} vs base [95% CI]", f"{gain} vs DPO [95% CI]", *(n for n, _ in extra)]
     replicates = {e.get("bootstrap_replicates") for e in methods.values()} - {None}
     bootstrap = f"{replicates.pop():,} replicates" if len(replicates) == 1 else "bootstrap"
     seeds = ("seed " if len(summary["seeds"]) == 1 else "seeds ") + ", ".join(str(s) for s in summary["seeds"])
+    units = "Gains in points" if track.higher_is_better else "Changes in edit distance (negative: fewer errors)"
     lines = [
-        f"AP@50 (%) on the synthetic test split, {seeds}: mean ± sd over seeds. Gains in points, paired per "
-        f"test document, averaged over seeds, with 95% intervals from a bootstrap over test documents ({bootstrap}).",
+        f"{track.what}, {seeds}: mean ± sd over seeds. {units}, paired per test document, averaged over "
+        f"seeds, with 95% intervals from a bootstrap over test documents ({bootstrap}).",
         "",
         "| " + " | ".join(header) + " |",
         "| :--- |" + " ---: |" * (len(header) - 1),
@@ -279,34 +360,35 @@ def results_table(summary: dict) -> str:
     order = [m for m in METHOD_ORDER if m in methods] + sorted(set(methods) - set(METHOD_ORDER))
     for method in order:
         entry = methods[method]
-        cells = [LABELS.get(method, method), _value(entry, "ap50"), _gain(entry, "gain_vs_base")]
-        cells.append(_gain(entry, "gain_vs_dpo"))
-        cells += [_value(entry, key) for _, key in extra]
+        cells = [LABELS.get(method, method), _value(entry, keys[track.headline], digits)]
+        cells += [_gain(entry, "gain_vs_base", digits), _gain(entry, "gain_vs_dpo", digits)]
+        cells += [_value(entry, key, digits) for _, key in extra]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def replace_block(text: str, block: str, name: str) -> str:
-    """`text` with everything between the BEGIN and END marker lines replaced by `block` (markers kept).
+def replace_block(text: str, block: str, name: str, markers: tuple[str, str] = (BEGIN, END)) -> str:
+    """`text` with everything between the `markers` lines (default: the grounding table's) replaced by `block`.
 
     Raises:
         ValueError: naming `name` when the markers are missing, repeated or out of order.
     """
-    begin, end = text.count(BEGIN), text.count(END)
-    if begin != 1 or end != 1 or text.index(BEGIN) > text.index(END):
+    begin_mark, end_mark = markers
+    begin, end = text.count(begin_mark), text.count(end_mark)
+    if begin != 1 or end != 1 or text.index(begin_mark) > text.index(end_mark):
         raise ValueError(
-            f"{name}: needs exactly one {BEGIN} line followed by one {END} line around the results table "
+            f"{name}: needs exactly one {begin_mark} line followed by one {end_mark} line around the results table "
             f"(found {begin} begin and {end} end marker(s))"
         )
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    return f"{head}{BEGIN}\n{block.rstrip()}\n{END}{tail}"
+    head, rest = text.split(begin_mark)
+    _, tail = rest.split(end_mark)
+    return f"{head}{begin_mark}\n{block.rstrip()}\n{end_mark}{tail}"
 
 
-def update_readme(path: Path, table: str) -> None:
+def update_readme(path: Path, table: str, markers: tuple[str, str] = (BEGIN, END)) -> None:
     """Replace the marked block of `path` with `table`, atomically (the file is unchanged on any error)."""
     text = path.read_text(encoding="utf-8")
-    new = replace_block(text, table, str(path))
+    new = replace_block(text, table, str(path), markers)
     with atomic_open(path, "w", encoding="utf-8") as handle:
         handle.write(new)
 
@@ -315,7 +397,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("demos", type=Path, nargs="*", help="output folders of `perpo demo` runs (one per seed)")
     parser.add_argument("--out", type=Path, help="write the per-seed detail table (Markdown) here too")
-    parser.add_argument("--json", type=Path, help=f"write the results JSON here (default {DEFAULT_JSON})")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help=f"write the results JSON here (default: {DEFAULT_JSON}, the OCR track's {TRACKS['ocr'].default_json})",
+    )
     parser.add_argument("--replicates", type=int, default=10_000, help="bootstrap replicates (default 10000)")
     parser.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap draws (default 0)")
     parser.add_argument("--table-from", dest="table_from", type=Path, help="render the README table from this JSON")
@@ -333,22 +419,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         if missing:
             parser.error(f"no eval/ folder in {', '.join(missing)}: run `perpo demo --out DIR` there first")
         loaded = load(args.demos)
-        text = summarise(loaded.table)
+        text = summarise(loaded.table, loaded.track)
         print(text)
         if args.out:
             with atomic_open(args.out) as handle:
                 handle.write(text)
         summary = summary_json(loaded, args.replicates, args.bootstrap_seed)
+        default = loaded.track.default_json
         if args.json is None and loaded.quick:
-            print(f"(--quick demo: {DEFAULT_JSON} left as it is; pass --json PATH to save these results)\n")
+            print(f"(--quick demo: {default} left as it is; pass --json PATH to save these results)\n")
         else:
-            path = write_json(args.json or DEFAULT_JSON, summary)
+            path = write_json(args.json or default, summary)
             print(f"wrote {path}\n")
     table = results_table(summary)
     print(table)
     if args.readme:
         try:
-            update_readme(args.readme, table)
+            update_readme(args.readme, table, TRACKS[summary.get("track", "grounding")].markers)
         except (ValueError, OSError) as err:
             raise SystemExit(f"error: {err}") from err
         print(f"updated the results table in {args.readme}")

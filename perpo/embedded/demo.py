@@ -12,6 +12,13 @@ method's training log to `<out>/models/<method>/train_log.jsonl` (and TensorBoar
 each lmms-eval run's output to `<out>/eval/<model>/lmms_eval.log` (linked from `<out>/logs/`).
 Each stage is a public command of its own (`perpo data synth`, `perpo sample`, `perpo build-data`, `perpo train`,
 `perpo eval`, `perpo report`), called here in-process, so the demo is also a worked example of the pipeline.
+
+`perpo demo --track ocr` (`make demo-ocr`, `OCRDemoConfig`) runs the same stages on the OCR half of the paper:
+
+    synthetic pages (`perpo data synth-ocr`) ─▶ tiny_llava_ocr (base) ─▶ sample N = 20 at T = 0.5
+    ─▶ 1 − edit distance rewards ─▶ margin 0.04 ─▶ train SFT, DPO, PerPO ─▶ lmms-eval's perpo_fox_en_page on the
+    test pages (official and corrected argument order, blank page, best-of-20) ─▶ Table-2-style table, figures,
+    the before/after transcriptions with their differences marked
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from reports.load import METHOD_LABELS
 logger = logging.getLogger(__name__)
 
 ASSET = Path(__file__).parents[1] / "assets" / "tiny_llava_misaligned"  # docs/miniature.md says why this base
+OCR_ASSET = Path(__file__).parents[1] / "assets" / "tiny_llava_ocr"
 METHODS = ("sft", "dpo", "lipo", "perpo")
+TRACKS = ("grounding", "ocr")
 
 
 @dataclass
@@ -39,6 +48,11 @@ class DemoConfig:
     """Arguments of `perpo demo`. The defaults are the configuration whose results the README shows."""
 
     out: str = opt("runs/demo", help="output folder")
+    track: str = opt(
+        "grounding",
+        help="grounding (boxes, IoU reward, the Table 1 twin) or ocr (synthetic pages, 1 - edit distance, the Table 2 "
+        "twin; its own defaults apply: give it on the command line)",
+    )
     seed: int = opt(0, help="seed of sampling, training and evaluation (repeat the demo with 1, 2 for spread)")
     data_seed: int = opt(
         1, help="seed of the synthetic data (1: scenes the base never saw; its warm-ups used seed 0's train scenes)"
@@ -82,6 +96,10 @@ class DemoConfig:
 
     def __post_init__(self):
         check_numbers(self)
+        if self.track not in TRACKS:
+            raise ConfigError(f"track must be one of {', '.join(TRACKS)}, got {self.track!r}")
+        if self.track == "ocr" and not isinstance(self, OCRDemoConfig):
+            raise ConfigError("track ocr has its own defaults: pass `--track ocr` on the command line")
         unknown = [m for m in self.methods if m not in (*METHODS, "listwise")]
         if unknown:
             raise ConfigError(f"unknown method(s) {unknown}; choose from {', '.join((*METHODS, 'listwise'))}")
@@ -94,6 +112,35 @@ class DemoConfig:
     def beta(self, method: str) -> float:
         """β of a preference loss (SFT has none and ignores it)."""
         return getattr(self, f"beta_{method}", 0.1)
+
+
+@dataclass
+class OCRDemoConfig(DemoConfig):
+    """Arguments of `perpo demo --track ocr`: the fields of `DemoConfig`, with the OCR track's defaults."""
+
+    out: str = opt("runs/demo_ocr", help="output folder")
+    track: str = opt("ocr", help="ocr (this configuration); grounding has its own defaults (`perpo demo`)")
+    data_seed: int = opt(
+        1, help="seed of the synthetic pages (1: pages the base never saw; it was warmed up on seed 0)"
+    )
+    base_model: str = opt(str(OCR_ASSET), help="warmed-up base model folder (reads synthetic pages)")
+    warmup_steps: int = opt(
+        0, ge=0, help="if > 0, warm up a fresh tiny LLaVA on the pages for this many steps instead"
+    )
+    margin: float = opt(0.04, ge=0, le=1, help="keep lists whose reward margin max - min reaches this (paper: 0.04)")
+    methods: list[str] = opt(["sft", "dpo", "perpo"], help="training methods compared with the base")
+    # Learning rates and β: the best of six val-split trials per method (docs/miniature_ocr.md §2).
+    lr_sft: float = opt(3e-3, gt=0, help="learning rate of SFT")
+    lr_dpo: float = opt(3e-5, gt=0, help="learning rate of DPO")
+    lr_perpo: float = opt(1e-4, gt=0, help="learning rate of PerPO")
+    beta_dpo: float = opt(0.5, gt=0, help="β of DPO (paper: 0.1)")
+    beta_perpo: float = opt(0.5, gt=0, help="β of PerPO (paper: 0.1)")
+    heldout: int = opt(
+        0,
+        ge=0,
+        help="held-out scoring during training is for grounding; the OCR track scores val "
+        "once before training and test through lmms-eval",
+    )
 
 
 class Stages:
@@ -123,6 +170,15 @@ def _expected_seconds(cfg: DemoConfig) -> dict[str, float]:
     """Stage times measured on a 2-core CPU, scaled to this configuration (used only for the 'left' estimate)."""
     scale = cfg.instructions * cfg.n / 6000
     methods = len(cfg.methods)
+    if cfg.track == "ocr":
+        return {
+            "synthetic data and base model": 10,
+            "sample": 38 * scale,
+            "rewards and margin filter": 2,
+            "train": 40 * methods * scale * cfg.epochs / 3,
+            "evaluate (lmms-eval)": 40 * (methods + 1),
+            "report": 2,
+        }
     return {
         "synthetic data and base model": 15,
         "sample": 13 * scale,
@@ -134,36 +190,57 @@ def _expected_seconds(cfg: DemoConfig) -> dict[str, float]:
 
 
 def prepare_base(cfg: DemoConfig, out: Path) -> tuple[Path, Path]:
-    """Stage 1: the synthetic benchmark and the base model, in `out/data` and `out/models/base`."""
-    from perpo.embedded.synth import SynthSpec, build_synth
+    """Stage 1: the synthetic benchmark (scenes or pages) and the base model, in `out/data` and `out/models/base`."""
     from perpo.embedded.warmup import WarmupConfig, run_warmup
 
-    counts = {"train": 400, "val": 60, "test": 60} if cfg.quick else {"train": 4000, "val": 300, "test": 300}
-    data = build_synth(out / "data", seed=cfg.data_seed, spec=SynthSpec(counts=counts))
+    if cfg.track == "ocr":
+        from perpo.embedded.synth_ocr import OCRSpec, build_synth_ocr
+
+        counts = {"train": 60, "val": 24, "test": 12} if cfg.quick else {"train": 1000, "val": 200, "test": 200}
+        data = build_synth_ocr(out / "data", seed=cfg.data_seed, spec=OCRSpec(counts=counts))
+    else:
+        from perpo.embedded.synth import SynthSpec, build_synth
+
+        counts = {"train": 400, "val": 60, "test": 60} if cfg.quick else {"train": 4000, "val": 300, "test": 300}
+        data = build_synth(out / "data", seed=cfg.data_seed, spec=SynthSpec(counts=counts))
     base = out / "models" / "base"
     if cfg.warmup_steps:
-        run_warmup(WarmupConfig(data=str(data), out=str(base), steps=cfg.warmup_steps, eval_every=cfg.warmup_steps))
+        steps = cfg.warmup_steps
+        run_warmup(WarmupConfig(data=str(data), out=str(base), task=cfg.track, steps=steps, eval_every=steps))
         return data, base
     source = Path(cfg.base_model)
     if not (source / "config.json").is_file():
-        raise ConfigError(
-            f"no model at {source}. Pass --base_model DIR, or warm one up with --warmup_steps 3000 "
-            "(about 45 CPU minutes)."
-        )
+        warmup = "1000 (about 8 CPU minutes)" if cfg.track == "ocr" else "3000 (about 45 CPU minutes)"
+        raise ConfigError(f"no model at {source}. Pass --base_model DIR, or warm one up with --warmup_steps {warmup}.")
     if base.exists():
         shutil.rmtree(base)
     shutil.copytree(source, base)
     return data, base
 
 
-def base_on_val(data: Path, base: Path) -> dict:
-    """The base model's greedy AP@50 on the val split, in-process (`perpo.quickeval`), printed and returned."""
+def page_records(data: Path, split: str) -> list[dict]:
+    """OCR instruction records of one split of a `perpo data synth-ocr` folder, read through the Fox reader."""
+    from perpo.data.sources import fox_instructions
+
+    return fox_instructions(data / split / "en_page_ocr.json", data / split / "en_pdf_png")
+
+
+def base_on_val(data: Path, base: Path, track: str = "grounding") -> dict:
+    """The base model's greedy AP@50 (ocr: edit distance) on the val split, in-process (`perpo.quickeval`)."""
     from perpo.io import read_jsonl
     from perpo.modeling import load_model, load_processor
-    from perpo.quickeval import evaluate_grounding
+    from perpo.quickeval import evaluate_grounding, evaluate_ocr
 
-    rows = read_jsonl(data / "synth_val.jsonl")
     model = load_model(base, dtype="float32")
+    if track == "ocr":
+        metrics = evaluate_ocr(model, load_processor(base), page_records(data, "val"), batch_size=64)
+        print(
+            f"base model: edit distance {metrics['edit_dist']:.3f} on {int(metrics['n'])} val pages "
+            f"(exact pages {100 * metrics['exact']:.1f}%)",
+            flush=True,
+        )
+        return metrics
+    rows = read_jsonl(data / "synth_val.jsonl")
     metrics = evaluate_grounding(model, load_processor(base), rows, data, frame="padded", batch_size=64)
     print(
         f"base model: AP@50 {100 * metrics['ap50']:.1f}% on {int(metrics['n'])} val expressions "
@@ -178,7 +255,8 @@ def sample_lists(cfg: DemoConfig, data: Path, base: Path, lists: Path) -> None:
     from perpo.data import sources
     from perpo.sampling import SampleConfig, run_sample
 
-    instructions = sources.equal_share_sample(sources.synth_instructions(data, "train"), cfg.instructions, cfg.seed)
+    pool = page_records(data, "train") if cfg.track == "ocr" else sources.synth_instructions(data, "train")
+    instructions = sources.equal_share_sample(pool, cfg.instructions, cfg.seed)
     sources.write_records(lists / "instructions.jsonl", instructions)
     run_sample(
         SampleConfig(
@@ -187,7 +265,7 @@ def sample_lists(cfg: DemoConfig, data: Path, base: Path, lists: Path) -> None:
             out=str(lists / "samples.jsonl"),
             n=cfg.n,
             temperature=cfg.temperature,
-            max_new_tokens=24,
+            max_new_tokens=48 if cfg.track == "ocr" else 24,  # a page is at most 43 characters, a box 6 tokens
             batch_size=16,
             seed=cfg.seed,
             device="cpu",
@@ -197,12 +275,13 @@ def sample_lists(cfg: DemoConfig, data: Path, base: Path, lists: Path) -> None:
 
 
 def build_lists(cfg: DemoConfig, lists: Path) -> dict:
-    """Stage 3: IoU rewards and the margin filter (`perpo build-data`); returns its statistics."""
+    """Stage 3: rewards (IoU, or 1 - edit distance) and the margin filter (`perpo build-data`); returns statistics."""
     from perpo.data.build import BuildDataConfig, run_build_data
 
     stats = run_build_data(BuildDataConfig(samples=str(lists / "samples.jsonl"), out=str(lists), margin=cfg.margin))
     kept = stats["lists"]["kept"]
-    print(f"kept {kept} of {stats['lists']['in']} lists with IoU margin >= {cfg.margin}")
+    reward = "1 - edit distance" if cfg.track == "ocr" else "IoU"
+    print(f"kept {kept} of {stats['lists']['in']} lists with {reward} margin >= {cfg.margin}")
     if kept < 2:
         raise ConfigError(f"only {kept} lists passed margin {cfg.margin}: lower --margin or sample more")
     return stats
@@ -316,7 +395,7 @@ def _run_demo(cfg: DemoConfig, out: Path) -> dict:
 
     def base_stage() -> tuple[Path, Path, dict]:
         data, base = prepare_base(cfg, out)
-        return data, base, base_on_val(data, base)
+        return data, base, base_on_val(data, base, cfg.track)
 
     data, base, base_val = stage("synthetic data and base model", base_stage)
     lists = out / "lists"
@@ -333,7 +412,7 @@ def _run_demo(cfg: DemoConfig, out: Path) -> dict:
 
     adapters = stage("train", train_all)
     evals = stage("evaluate (lmms-eval)", evaluate_models, cfg, data, base, adapters, out / "eval", threads)
-    report_dir = stage("report", write_demo_report, out, data, evals)
+    report_dir = stage("report", write_demo_report, out, data, evals, cfg.track)
     summary = {
         "config": asdict(cfg),
         "base_val": base_val,
@@ -346,7 +425,7 @@ def _run_demo(cfg: DemoConfig, out: Path) -> dict:
         "seconds": round(stages.seconds, 1),
     }
     write_json(out / "summary.json", summary)
-    table = report_dir / "tables" / "synth.md"
+    table = report_dir / "tables" / f"{REPORT_TABLE[cfg.track]}.md"
     if table.is_file():
         print("\n" + table.read_text())
     print(f"demo done in {summary['seconds'] / 60:.1f} min; open {report_dir / 'index.md'} (logs in {out / 'logs'})")
@@ -378,19 +457,28 @@ def evaluate_models(
 
     runs = {}
     for name, adapter in {"base": None, **adapters}.items():
-        tasks = ["perpo_synth_test", "perpo_synth_test_orig", "perpo_synth_test_blankimg"]
+        if cfg.track == "ocr":
+            # The test pages; their answers are at most 43 characters (the Fox tasks allow 4,096 new tokens, past
+            # the tiny model's 512 positions).
+            tasks = ["perpo_fox_en_page", "perpo_fox_en_page_blankimg"]
+            best_of = "perpo_fox_en_page_bon20"
+            data_dirs = {"fox_dir": str(data / "test"), "max_new_tokens": 48}
+        else:
+            tasks = ["perpo_synth_test", "perpo_synth_test_orig", "perpo_synth_test_blankimg"]
+            best_of = "perpo_synth_test_bon4" if cfg.quick else "perpo_synth_test_bon20"
+            data_dirs = {"synth_dir": str(data)}
         if name in ("base", "perpo"):
-            tasks.append("perpo_synth_test_bon4" if cfg.quick else "perpo_synth_test_bon20")
+            tasks.append(best_of)
         runs[name] = EvalConfig(
             model=str(base),
             adapter=str(adapter) if adapter else None,
             tasks=tasks,
             output_dir=str(out / name),
-            synth_dir=str(data),
             seed=cfg.seed,
             batch_size=64,
             device="cpu",
             limit=24 if cfg.quick else None,
+            **data_dirs,
         )
     saved = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(max(1, threads // 2))  # the evaluation processes share the cores
@@ -426,22 +514,28 @@ def _link(link: Path, target: Path) -> None:
         shutil.copyfile(target, link)
 
 
-def write_demo_report(out: Path, data: Path, evals: dict[str, Path]) -> Path:
-    """Stage 6: the Table-1-style table, Figures 1b and 1c, the base-vs-PerPO gallery, all in `<out>/report`."""
+REPORT_TABLE = {"grounding": "synth", "ocr": "synth_ocr"}
+"""The table spec (reports/tables.yaml) of each track's report: the Table 1 twin, the Table 2 twin."""
+
+
+def write_demo_report(out: Path, data: Path, evals: dict[str, Path], track: str = "grounding") -> Path:
+    """Stage 6: the Table-1-style table (ocr: Table-2-style), Figures 1b and 1c, the base-vs-PerPO gallery (ocr: the
+    transcriptions with their differences marked), all in `<out>/report`."""
     from reports.report import ReportConfig, run_report
 
     runs = [{"path": str(path), "label": LABELS[name], "method": name} for name, path in evals.items()]
     compare = {"base": LABELS["base"], "after": LABELS["perpo"]} if "perpo" in evals else None
+    benchmark = "synthetic page-OCR" if track == "ocr" else "synthetic grounding"
     index = run_report(
         ReportConfig(
             out=str(out / "report"),
             runs=runs,
-            title="PerPO in miniature: the tiny LLaVA on the synthetic grounding benchmark",
-            tables=["synth"],
+            title=f"PerPO in miniature: the tiny LLaVA on the {benchmark} benchmark",
+            tables=[REPORT_TABLE[track]],
             paper_tables=False,
             figures=["best_of_n", "image_ablation"],
             compare=compare,
-            image_roots=[str(data)],
+            image_roots=[str(data / "test" / "en_pdf_png")] if track == "ocr" else [str(data)],
         )
     )
     return index.parent

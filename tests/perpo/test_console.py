@@ -46,6 +46,16 @@ def test_the_eval_line_names_the_test_ap50_and_the_ablations_present():
     assert eval_summary("sft", {}) == "sft      no synthetic test results"
 
 
+def test_the_eval_line_of_the_ocr_track_gives_edit_distances_not_percentages():
+    summary = {
+        "perpo_fox_en_page": {"edit_dist": 0.3412, "f1": 0.5},
+        "perpo_fox_en_page_blankimg": {"edit_dist": 0.7531},
+        "perpo_fox_en_page_bon20": {"edit_dist_first": 0.357, "edit_dist_best": 0.2351},
+    }
+    line = eval_summary("perpo", summary)
+    assert line == "perpo    test edit distance 0.341, blank page 0.753, best-of-20 oracle 0.235"
+
+
 def test_quiet_console_sends_logs_and_warnings_to_the_file_and_keeps_errors_on_screen(tmp_path, capsys):
     root = logging.getLogger()
     handler = logging.StreamHandler()  # what `perpo`'s logging.basicConfig installs

@@ -280,3 +280,23 @@ def test_report_sweep_table_beside_the_paper_with_a_custom_spec(tmp_path):
     targets = {t.relative_to(out).as_posix() for t in _links_resolve(out / "index.md")}
     assert {"tables/table3_vs_paper.md", "figures/n_sweep.png", "tables/paper_table3.md"} <= targets
     assert "tables/paper_table1.md" not in targets  # the custom spec has only table3
+
+
+def test_the_ocr_gallery_shows_each_page_beside_the_transcriptions(tmp_path):
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    for name, shade in (("en_1.png", 0), ("en_2.png", 90)):
+        Image.new("RGB", (64, 48), (shade, shade, shade)).save(pages / name)
+    out = tmp_path / "compare"
+    assert main(["compare", str(BASE), str(AFTER), "--out", str(out), "--image_roots", str(IMAGES), str(pages)]) == 0
+    ocr = (out / "gallery" / "ocr.html").read_text(encoding="utf-8")
+    shown = re.findall(r"<img class='page' src='([^']+)'", ocr)
+    assert len(shown) == 2 and "page image not found" not in ocr
+    for name in shown:
+        with Image.open(out / "gallery" / name) as image:
+            assert image.width >= 256 and image.width / image.height == pytest.approx(64 / 48)  # upscaled, not padded
+
+    bare = tmp_path / "bare"  # no folder holds the pages: the page cell says so, the answers are still shown
+    assert main(["compare", str(BASE), str(AFTER), "--out", str(bare), "--image_roots", str(IMAGES)]) == 0
+    ocr = (bare / "gallery" / "ocr.html").read_text(encoding="utf-8")
+    assert ocr.count("page image not found") == 2 and ocr.count("class='example'") == 2

@@ -121,7 +121,8 @@ def demos(tmp_path) -> list[Path]:
 
 def test_the_results_json_from_demo_folders(demos, tmp_path):
     summary = demo_seeds.summary_json(demo_seeds.load(demos), replicates=500)
-    assert set(summary) == {"methods", "seeds"} and summary["seeds"] == [0, 1]
+    assert set(summary) == {"methods", "seeds", "track"} and summary["seeds"] == [0, 1]
+    assert summary["track"] == "grounding"
     methods = summary["methods"]
     assert list(methods) == ["base", "sft", "dpo", "perpo"]
     for method, entry in methods.items():
@@ -209,3 +210,52 @@ def test_demo_folders_or_a_json_but_not_both(tmp_path):
         demo_seeds.main([])
     with pytest.raises(SystemExit):
         demo_seeds.main([str(tmp_path), "--table-from", str(tmp_path / "s.json")])
+
+
+def _ocr_demo(root: Path, seed: int, errors: dict[str, float]) -> Path:
+    """An OCR-track demo folder (`perpo demo --track ocr`): per method, N_DOCS pages of the given edit distance."""
+    demo = root / f"demo_ocr_seed{seed}"
+    demo.mkdir()
+    (demo / "demo_config.json").write_text(json.dumps({"OCRDemoConfig": {"seed": seed, "track": "ocr"}}))
+    for method, distance in errors.items():
+        folder = demo / "eval" / method
+        (folder / "samples").mkdir(parents=True)
+        samples = [
+            {"doc_id": i, "edit_dist": distance, "f1": 1 - distance, "record": {"id": f"p{i}"}} for i in range(8)
+        ]
+        (folder / "samples" / "perpo_fox_en_page.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+        page = {"alias": "perpo_fox_en_page", "edit_dist,none": distance, "f1,none": 1 - distance}
+        (folder / "results.json").write_text(json.dumps({"results": {"perpo_fox_en_page": page}, "config": {}}))
+        (folder / "eval_config.json").write_text(json.dumps({"EvalConfig": {"model": "base", "seed": seed}}))
+    return demo
+
+
+def test_the_ocr_track_reads_edit_distances_and_fills_its_own_readme_block(tmp_path, capsys):
+    demos = [
+        _ocr_demo(tmp_path, 0, {"base": 0.4, "dpo": 0.45, "perpo": 0.3}),
+        _ocr_demo(tmp_path, 1, {"base": 0.4, "dpo": 0.5, "perpo": 0.32}),
+    ]
+    path = tmp_path / "ocr.json"
+    demo_seeds.main([*map(str, demos), "--json", str(path), "--replicates", "50"])
+    summary = json.loads(path.read_text())
+    perpo = summary["methods"]["perpo"]
+    assert summary["track"] == "ocr" and perpo["edit_dist_per_seed"] == [0.3, 0.32]
+    assert perpo["gain_vs_base_mean"] == pytest.approx(-0.09) and perpo["gain_vs_dpo_ci95"] == [-0.165, -0.165]
+    assert "f1_mean" in perpo and "ap50_mean" not in perpo
+    assert "over seeds [0, 1]" in capsys.readouterr().out
+
+    begin, end = demo_seeds.TRACKS["ocr"].markers
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{demo_seeds.BEGIN}\ngrounding\n{demo_seeds.END}\n{begin}\nold\n{end}\n")
+    demo_seeds.main(["--table-from", str(path), "--readme", str(readme)])
+    text = readme.read_text()
+    assert "grounding\n" in text and "old" not in text  # only the OCR block is replaced
+    assert "| method | edit distance | change vs base [95% CI] | change vs DPO [95% CI] | F1 |" in text
+    assert "| + PerPO | 0.310 ± 0.014 | -0.090 [-0.090, -0.090] | -0.165 [-0.165, -0.165] | 0.690 ± 0.014 |" in text
+    assert "lower is better" in text  # every page moves by the same amount: the intervals collapse
+
+    mixed = [demos[0], tmp_path / "g"]
+    (tmp_path / "g" / "eval").mkdir(parents=True)
+    (tmp_path / "g" / "demo_config.json").write_text(json.dumps({"DemoConfig": {"seed": 5}}))
+    with pytest.raises(SystemExit, match="mix tracks"):
+        demo_seeds.load(mixed)
