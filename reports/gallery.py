@@ -202,6 +202,17 @@ def ocr_gallery_html(
     return "\n".join(parts)
 
 
+def _find_image(
+    comparison: Comparison, row: pd.Series, image_roots: Sequence[str | Path], what: str, fallback: str
+) -> Path | None:
+    """`resolve_image`; when it finds nothing, a `missing_file` problem saying what the gallery does instead."""
+    path = resolve_image(row, image_roots)
+    if path is None:
+        message = f"{what} of {row['id']} not found ({row.get('image')}); {fallback}"
+        comparison.problems.append(Problem(comparison.after.label, "missing_file", row["task"], "", message))
+    return path
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
@@ -219,17 +230,7 @@ def write_gallery(
     cards = []
     for row in gallery_rows(comparison.samples, "grounding", size).itertuples(index=False):
         series = pd.Series(row._asdict())
-        path = resolve_image(series, image_roots)
-        if path is None:
-            comparison.problems.append(
-                Problem(
-                    comparison.after.label,
-                    "missing_file",
-                    row.task,
-                    "",
-                    f"image of {row.id} not found ({row.image}); drawn on a grey canvas (pass --image_root)",
-                )
-            )
+        path = _find_image(comparison, series, image_roots, "image", "drawn on a grey canvas (pass --image_root)")
         png = draw_grounding_example(series, path, out / f"{_safe(row.task)}__{_safe(str(row.id))}.png", labels)
         written["grounding"].append(png)
         cards.append(
@@ -242,17 +243,8 @@ def write_gallery(
         pages = []
         for row in ocr_rows.itertuples(index=False):
             series = pd.Series(row._asdict())
-            path = resolve_image(series, image_roots)
+            path = _find_image(comparison, series, image_roots, "page image", "pass --image_root")
             if path is None:
-                comparison.problems.append(
-                    Problem(
-                        comparison.after.label,
-                        "missing_file",
-                        row.task,
-                        "",
-                        f"page image of {row.id} not found ({series.get('image')}); pass --image_root",
-                    )
-                )
                 pages.append(None)
                 continue
             png = out / f"{_safe(row.task)}__{_safe(str(row.id))}.png"

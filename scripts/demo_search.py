@@ -76,21 +76,14 @@ def main() -> None:
         rows.append({"method": method, "lr": lr, "beta": beta, **metrics, "train_s": round(seconds, 1)})
         print(f"{name}: val AP@50 {metrics['ap50']:.3f} (train {seconds:.0f} s)", flush=True)
 
-    best = {}
-    for method in args.methods:
-        runs = [r for r in rows if r["method"] == method]
-        pick = max(runs, key=lambda r: (r["ap50"], r["iou"]))
-        best[method] = {"lr": pick["lr"], "beta": pick["beta"]}
+    best = _best(rows, args.methods, lambda r: (-r["ap50"], -r["iou"]))
     lines = [
         "| method | lr | β | val AP@50 | val right object | val IoU | train-list AP@50 | train s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        chosen = r["lr"] is not None and best.get(r["method"]) == {"lr": r["lr"], "beta": r["beta"]}
-        lr = "–" if r["lr"] is None else f"{r['lr']:g}"
-        beta = "–" if r["beta"] is None else f"{r['beta']:g}"
         lines.append(
-            f"| {r['method']}{' *' if chosen else ''} | {lr} | {beta} | {100 * r['ap50']:.1f} | "
+            f"| {_setting_cells(r, best)} | {100 * r['ap50']:.1f} | "
             f"{100 * r['acc10']:.1f} | {100 * r['iou']:.1f} | {_percent(r.get('train_lists_ap50'))} | "
             f"{r['train_s']:.0f} |"
         )
@@ -156,20 +149,14 @@ def search_ocr(args, cfg, base: Path, val: list[dict], train_lists: list[dict]) 
     for method, lr, beta, name, adapter, seconds in trials(args, cfg, base, args.out / "lists"):
         rows.append({"method": method, "lr": lr, "beta": beta, **score(adapter), "train_s": seconds})
         print(f"{name}: val edit distance {rows[-1]['edit_dist']:.3f} (train {seconds:.0f} s)", flush=True)
-    best = {}
-    for method in args.methods:
-        pick = min((r for r in rows if r["method"] == method), key=lambda r: r["edit_dist"])
-        best[method] = {"lr": pick["lr"], "beta": pick["beta"]}
+    best = _best(rows, args.methods, lambda r: r["edit_dist"])
     lines = [
         "| method | lr | β | val edit distance ↓ | val exact pages | train-list edit distance ↓ | train s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        chosen = r["lr"] is not None and best.get(r["method"]) == {"lr": r["lr"], "beta": r["beta"]}
-        lr = "–" if r["lr"] is None else f"{r['lr']:g}"
-        beta = "–" if r["beta"] is None else f"{r['beta']:g}"
         lines.append(
-            f"| {r['method']}{' *' if chosen else ''} | {lr} | {beta} | {r['edit_dist']:.3f} | "
+            f"| {_setting_cells(r, best)} | {r['edit_dist']:.3f} | "
             f"{100 * r['exact']:.1f} | {r['train_lists_edit_dist']:.3f} | {r['train_s']:.0f} |"
         )
     table = "\n".join(lines) + (
@@ -182,6 +169,20 @@ def search_ocr(args, cfg, base: Path, val: list[dict], train_lists: list[dict]) 
     )
     print(table)
     print("best settings:", json.dumps(best))
+
+
+def _best(rows: list[dict], methods: list[str], rank) -> dict:
+    """Each method's best trial by `rank` (lowest first; ties: the first trial): {method: {"lr", "beta"}}."""
+    picks = {m: min((r for r in rows if r["method"] == m), key=rank) for m in methods}
+    return {m: {"lr": r["lr"], "beta": r["beta"]} for m, r in picks.items()}
+
+
+def _setting_cells(row: dict, best: dict) -> str:
+    """`method[ *] | lr | β` of a search-table row (* marks the method's best trial; – where a setting is none)."""
+    chosen = row["lr"] is not None and best.get(row["method"]) == {"lr": row["lr"], "beta": row["beta"]}
+    lr = "–" if row["lr"] is None else f"{row['lr']:g}"
+    beta = "–" if row["beta"] is None else f"{row['beta']:g}"
+    return f"{row['method']}{' *' if chosen else ''} | {lr} | {beta}"
 
 
 def _train_lists_ap50(adapter: Path) -> float | None:
