@@ -375,10 +375,11 @@ def _build_data(argv: list[str]) -> int:
 
 
 def _train(argv: list[str]) -> int:
+    import torch
     from transformers import TrainingArguments
 
     from perpo.config import parse_command
-    from perpo.trainer import PerPOArguments, run_train, single_process_distributed_env
+    from perpo.trainer import PerPOArguments, deepspeed_distributed_env, run_train
 
     args, training_args = parse_command(
         [PerPOArguments, TrainingArguments],
@@ -391,7 +392,7 @@ def _train(argv: list[str]) -> int:
         "--report_to tensorboard, ...). Recipes: perpo/configs/*.yaml.",
     )
     if training_args.deepspeed:
-        single_process_distributed_env()
+        deepspeed_distributed_env(on_cpu=training_args.use_cpu or not torch.cuda.is_available())
     out = run_train(args, training_args)
     print(f"trained adapters and processor written to {out}")
     return 0

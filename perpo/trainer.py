@@ -258,17 +258,26 @@ def _peft_model(model):
     return model
 
 
-def single_process_distributed_env() -> None:
-    """Environment for a one-process torch.distributed group (DeepSpeed without a launcher, e.g. on CPU)."""
+def deepspeed_distributed_env(on_cpu: bool) -> None:
+    """Prepare torch.distributed for DeepSpeed before `TrainingArguments` sets up its devices.
+
+    Without a launcher: the environment of a one-process group. Under a launcher (deepspeed, torchrun,
+    accelerate) on CPU with several processes: DeepSpeed's own communicator on gloo, which accelerate does not
+    start on CPU (DeepSpeed would then see a world of 1 and refuse the global batch).
+    """
     import os
     import socket
 
-    if "RANK" in os.environ or "LOCAL_RANK" in os.environ:
-        return  # started by a launcher (deepspeed, torchrun, accelerate): keep its settings
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    if "RANK" not in os.environ and "LOCAL_RANK" not in os.environ:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    elif on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from deepspeed import comm
+
+        if not comm.is_initialized():
+            comm.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
 
 
 def peak_memory_gb() -> float:
