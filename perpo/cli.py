@@ -338,12 +338,17 @@ def _sample(argv: list[str]) -> int:
         description="Sample N responses per instruction with a LLaVA-family model (optional LoRA adapter), in "
         "batches, seeded per instruction: the same seed gives the same samples whatever the batch size or restart "
         "point. The output JSONL is append-only; killed at any moment, the same command resumes where it stopped "
-        "and the finished file equals an uninterrupted run's. Outputs made with other settings are refused.",
+        "and the finished file equals an uninterrupted run's. Outputs made with other settings are refused. "
+        "Data-parallel: --processes K on one machine, or under torchrun / accelerate launch (put `--` before "
+        "`sample`: torchrun -m perpo.cli -- sample ...); each rank samples a shard and the shards merge into --out, "
+        "byte-identical to one process (docs/scale.md).",
     )
     summary = run_sample(cfg)
+    shard = f" in shard {summary['rank'] + 1} of {summary['shards']}" if "rank" in summary else ""
+    merged = f"; {summary['merged']} merged in from shard files" if summary.get("merged") else ""
     print(
-        f"sampled {summary['sampled']} instructions ({summary['resumed']} already done, {summary['total']} in all) "
-        f"x {cfg.n} responses in {summary['seconds']:.1f} s -> {summary['out']}"
+        f"sampled {summary['sampled']} instructions{shard} ({summary['resumed']} already done, {summary['total']} in "
+        f"all) x {cfg.n} responses in {summary['seconds']:.1f} s{merged} -> {summary['out']}"
     )
     return 0
 

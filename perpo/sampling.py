@@ -11,6 +11,12 @@ record (valid JSON, known id, instruction unchanged), skips those ids and append
 is byte-identical to an uninterrupted run's: no duplicates, nothing lost. Image paths are rebased for the
 output's folder (`perpo.data.schema.rebase_image`), so `perpo build-data` finds them from there.
 
+Shards. Several processes sample one file data-parallel: under `torchrun` / `accelerate launch` (RANK and
+WORLD_SIZE set) or with `--processes K`, rank r of W samples the instructions at positions r, r + W, ... into its
+own part file `<out>.part-R-of-W` (resumable like `out` itself). When all are done, rank 0 (or the `--processes`
+parent, or the next one-process run when the ranks could not meet) merges them into `out` in instruction order and
+deletes them: a fresh sharded run gives the bytes of a one-process run.
+
 Settings. `<out>.sampler.json` (written before the first line) holds the sampler settings, i.e. everything
 that determines the responses: backend, model and adapter fingerprints, n, temperature, top_p, max_new_tokens,
 seed, dtype and device type. Appending to an output made with other settings is refused with a message that
@@ -27,9 +33,12 @@ adapter merged in) is the one implemented. A vLLM backend is not included; docs/
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import glob
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -71,6 +80,12 @@ class SampleConfig:
     device: str = opt("auto", help="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     dtype: str = opt("auto", help="model dtype: auto (bfloat16 on a GPU, float32 on CPU), float32, bfloat16, float16")
     progress: bool = opt(True, help="show a progress bar over instructions")
+    processes: int = opt(
+        1,
+        ge=1,
+        help="worker processes started here, each sampling its shard (one GPU each when there are as many); the "
+        "shards merge into --out, the same bytes as one process. Under torchrun / accelerate launch leave 1",
+    )
 
     def __post_init__(self):
         check_numbers(self)
@@ -113,7 +128,7 @@ class GenerationBackend(Protocol):
 
 
 BackendLoader = Callable[..., GenerationBackend]
-"""`loader(model, *, adapter, device, dtype) -> GenerationBackend`."""
+"""`loader(cfg: SampleConfig, *, device, dtype) -> GenerationBackend` (device: this rank's, already resolved)."""
 
 
 def load_model_and_processor(model: str, *, adapter: str = "", device: str = "cpu", dtype: str = "float32"):
@@ -175,9 +190,9 @@ class HFBackend:
         )
 
 
-def load_hf_backend(model: str, *, adapter: str = "", device: str = "cpu", dtype: str = "float32") -> HFBackend:
-    """The `hf` backend for a local checkpoint (+ optional LoRA adapter)."""
-    return HFBackend(*load_model_and_processor(model, adapter=adapter, device=device, dtype=dtype))
+def load_hf_backend(cfg: SampleConfig, *, device: str = "cpu", dtype: str = "float32") -> HFBackend:
+    """The `hf` backend for `cfg.model` (+ optional LoRA adapter)."""
+    return HFBackend(*load_model_and_processor(cfg.model, adapter=cfg.adapter, device=device, dtype=dtype))
 
 
 BACKENDS: dict[str, BackendLoader] = {"hf": load_hf_backend}
@@ -226,15 +241,19 @@ def check_settings(out: Path, settings: dict) -> None:
             f"{out} holds samples but its settings file {sidecar} is missing, so a resume cannot be checked. "
             "Write to a new --out, or delete the old output."
         )
-    previous = json.loads(sidecar.read_text(encoding="utf-8"))["sampler"]
-    old, new = _comparable(previous), _comparable(settings)
-    differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if differing:
-        changes = "; ".join(f"{k}: {old.get(k)!r} in the file, {new.get(k)!r} now" for k in differing)
+    changes = _differences(json.loads(sidecar.read_text(encoding="utf-8"))["sampler"], settings, "now")
+    if changes:
         raise ConfigError(
             f"{out} was sampled with other settings ({changes}). Appending would mix two samplers in one file: "
             "use the original settings to resume, or write to a new --out."
         )
+
+
+def _differences(previous: dict, settings: dict, label: str) -> str:
+    """The settings that differ, as "key: <in the file> in the file, <other> <label>; ..." ("" when none)."""
+    old, new = _comparable(previous), _comparable(settings)
+    differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "; ".join(f"{k}: {old.get(k)!r} in the file, {new.get(k)!r} {label}" for k in differing)
 
 
 def recover_output(out: Path) -> list[bytes]:
@@ -325,44 +344,222 @@ def check_box_units(records: Sequence[dict], model, processor, image_dir: Path, 
 def run_sample(cfg: SampleConfig, backend: GenerationBackend | None = None) -> dict:
     """Sample `cfg.n` responses for every unfinished instruction and append them to `cfg.out`.
 
+    Alone (no launcher), the process first folds in the shards an earlier multi-process run left, then samples
+    what is left. Under a launcher (`torchrun`, `accelerate launch`: RANK / WORLD_SIZE set), each rank samples its
+    shard into its own part file; when the ranks can meet (MASTER_ADDR set), rank 0 merges the parts into `out`
+    once all are done, else a later one-process run does. `cfg.processes > 1` starts that many ranks here.
+
     Args:
         cfg: the command's configuration.
         backend: an already loaded backend (tests); by default `BACKENDS[cfg.backend]` loads the model, and only
             when something is left to sample.
 
     Returns:
-        {"out", "total", "resumed", "sampled", "seconds"}.
+        {"out", "total", "resumed", "sampled", "seconds"}, plus "merged" (instructions moved from part files into
+        `out`), and "rank" and "shards" (the world size) for a rank of a sharded run.
 
     Raises:
         RecordError: a bad instruction or output line (names file, line and field).
         ConfigError: the output was made with other settings, or the model cannot be loaded.
     """
-    from tqdm import tqdm
+    from perpo.distributed import launch_from_env
 
+    launch = launch_from_env()
+    if cfg.processes > 1:
+        if launch.world > 1:
+            raise ConfigError(
+                f"--processes {cfg.processes} starts its own workers, but this process is already rank {launch.rank} "
+                f"of {launch.world} under a launcher: leave --processes at 1 there"
+            )
+        return _run_local_processes(cfg)
+    if launch.world == 1:
+        merged = merge_parts(cfg)
+        summary = sample_shard(cfg, backend)
+        return summary | ({"merged": merged} if merged else {})
+    summary = sample_shard(cfg, backend, launch)
+    if not launch.rendezvous:
+        logger.info(
+            "shard %d of %d done; a one-process run of the same command merges the shards", launch.rank, launch.world
+        )
+        return summary | {"rank": launch.rank, "shards": launch.world}
+    import torch.distributed as dist
+
+    created = not dist.is_initialized()
+    if created:  # gloo: only barriers travel, and it needs no GPU
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+    try:
+        dist.barrier()  # every part is complete
+        merged = merge_parts(cfg) if launch.rank == 0 else 0
+        dist.barrier()  # nobody exits before the merged file is there
+    finally:
+        if created:
+            dist.destroy_process_group()
+    return summary | {"merged": merged, "rank": launch.rank, "shards": launch.world}
+
+
+PART_PATTERN = re.compile(r"\.part-(\d+)-of-(\d+)$")
+
+
+def part_path(out: str | Path, rank: int, world: int) -> Path:
+    """The file rank `rank` of `world` writes its shard to, beside `out`: `<out>.part-R-of-W`."""
+    out = Path(out)
+    return out.with_name(f"{out.name}.part-{rank:03d}-of-{world:03d}")
+
+
+def find_parts(out: str | Path) -> list[tuple[Path, int, int]]:
+    """The part files beside `out`: (path, rank, world), by rank."""
+    out = Path(out)
+    found = []
+    for path in out.parent.glob(f"{glob.escape(out.name)}.part-*-of-*"):
+        match = PART_PATTERN.search(path.name)
+        if match and path.name == part_path(out, int(match[1]), int(match[2])).name:
+            found.append((path, int(match[1]), int(match[2])))
+    return sorted(found, key=lambda part: part[1])
+
+
+def merge_parts(cfg: SampleConfig) -> int:
+    """Fold the part files of a sharded run into `cfg.out` and delete them.
+
+    The merged file is `out`'s own lines followed by the parts' records in instruction-file order, so a fresh
+    sharded run gives the bytes of a one-process run. Records already in `out` (a merge cut short after its
+    rename) are skipped. The new `out` is written to a temporary file and renamed over the old one.
+
+    Returns:
+        How many records moved from the parts into `out`.
+
+    Raises:
+        ConfigError: a part was sampled with settings other than `out`'s or the other parts'.
+    """
     from perpo.io import write_json
 
+    out = Path(cfg.out)
+    parts = find_parts(out)
+    if not parts:
+        return 0
+    kept = recover_output(out)
+    settings, runs, first = None, [], out
+    if kept:
+        sidecar = json.loads(settings_path(out).read_text(encoding="utf-8"))
+        settings, runs = sidecar["sampler"], sidecar["runs"]
+    done = {json.loads(line)["id"] for line in kept}
+    new: dict[str, bytes] = {}
+    for path, _, _ in parts:
+        lines = recover_output(path)
+        if not lines:
+            continue
+        sidecar = json.loads(settings_path(path).read_text(encoding="utf-8"))
+        if settings is None:
+            settings, first = sidecar["sampler"], path
+        changes = _differences(sidecar["sampler"], settings, f"in {first}")
+        if changes:
+            raise ConfigError(
+                f"{path} was sampled with other settings than {first} ({changes}): the shards come from different "
+                "runs. Delete the stray part file, or resume it with its own settings before merging."
+            )
+        runs += sidecar["runs"]
+        for line in lines:
+            key = json.loads(line)["id"]
+            if key not in done:
+                new.setdefault(key, line)
+    if new:
+        order = {r["id"]: i for i, r in enumerate(load_records(Path(cfg.instructions), stage="instructions"))}
+        write_json(settings_path(out), {"sampler": settings, "runs": runs})
+        tmp = out.with_name(out.name + ".merging")
+        with tmp.open("wb") as handle:
+            handle.write(b"".join(kept))
+            handle.write(b"".join(new[k] for k in sorted(new, key=lambda k: order.get(k, len(order)))))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, out)
+    for path, _, _ in parts:
+        path.unlink()
+        settings_path(path).unlink(missing_ok=True)
+    logger.info("%s: merged %d instructions from %d part files", out, len(new), len(parts))
+    return len(new)
+
+
+def _run_local_processes(cfg: SampleConfig) -> dict:
+    """`--processes K`: K worker processes on this machine, one shard each (one GPU each when there are K), then
+    the merge. A worker that fails stops the run; rerunning the command resumes every shard."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from perpo.distributed import Launch
+
+    began = time.perf_counter()
+    launches = [Launch(rank, cfg.processes, rank) for rank in range(cfg.processes)]
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch state
+    with ProcessPoolExecutor(cfg.processes, mp_context=context) as pool:
+        shards = [pool.submit(_local_worker, cfg, launch) for launch in launches]
+        summaries = [shard.result() for shard in shards]
+    merged = merge_parts(cfg)
+    return {
+        "out": cfg.out,
+        "total": sum(s["total"] for s in summaries),
+        "resumed": sum(s["resumed"] for s in summaries),
+        "sampled": sum(s["sampled"] for s in summaries),
+        "seconds": round(time.perf_counter() - began, 2),
+        "merged": merged,
+        "shards": cfg.processes,
+    }
+
+
+def _local_worker(cfg: SampleConfig, launch) -> dict:
+    import torch
+
+    from perpo.distributed import threads_per_process
+
+    if resolve_device(cfg.device) == "cpu":
+        torch.set_num_threads(threads_per_process(launch.world))
+    return sample_shard(
+        dataclasses.replace(cfg, processes=1, progress=cfg.progress and launch.rank == 0), None, launch
+    )
+
+
+def sample_shard(cfg: SampleConfig, backend: GenerationBackend | None = None, launch=None) -> dict:
+    """Sample this rank's shard (every instruction when alone) into its output: `cfg.out` alone, else its part
+    file. Shard r of W holds the selected instructions at positions r, r + W, r + 2W, ... of the file, so an
+    instruction stays with its rank across restarts. Instructions finished in `cfg.out` are skipped."""
+    from tqdm import tqdm
+
+    from perpo.distributed import Launch, rank_device
+    from perpo.io import write_json
+
+    launch = launch or Launch()
     began = time.perf_counter()
     source = Path(cfg.instructions)
     out = Path(cfg.out)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give the samples file, e.g. {out / 'samples.jsonl'}")
+    target = out if launch.world == 1 else part_path(out, launch.rank, launch.world)
+    others = [p for p, _, world in find_parts(out) if world != launch.world]
+    if launch.world > 1 and others:
+        raise ConfigError(
+            f"{others[0]} is a shard of a run with another number of processes than {launch.world}: rerun with "
+            "that number to resume it, or run the same command once in one process to merge what it holds"
+        )
     image_root = Path(cfg.image_root) if cfg.image_root else source.parent
     # Image paths are stored for the output's folder (relative when the image lies under it, else absolute).
     records = [rebase_image(r, image_root, out.parent) for r in load_records(source, stage="instructions")]
     by_id = {r["id"]: r for r in records}
     selected = records[: cfg.limit] if cfg.limit else records
-    device = resolve_device(cfg.device)
+    selected = selected[launch.rank :: launch.world]
+    device = rank_device(resolve_device(cfg.device), launch.local_rank)
     settings = sampler_settings(cfg, device)
 
-    lines = recover_output(out)
+    done: set[str] = set()
+    if target != out and out.exists():  # a sharded run resumes what one process (or a merge) finished
+        finished = recover_output(out)
+        if finished:
+            check_settings(out, settings)
+            done = finished_ids(out, finished, by_id, _file_settings(out))
+    lines = recover_output(target)
     if lines:
-        check_settings(out, settings)
+        check_settings(target, settings)
         # Equal up to where the checkpoint lies: keep the file's own settings, so every record carries the same.
-        settings = json.loads(settings_path(out).read_text(encoding="utf-8"))["sampler"]
-        done = finished_ids(out, lines, by_id, settings)
-        logger.info("%s: resuming after %d finished instructions", out, len(done))
-    else:
-        done = set()
+        settings = _file_settings(target)
+        done |= finished_ids(target, lines, by_id, settings)
+        logger.info("%s: resuming after %d finished instructions", target, len(done))
     todo = [r for r in selected if r["id"] not in done]
     for record in todo:
         path = resolve_image(record, out.parent)
@@ -373,24 +570,23 @@ def run_sample(cfg: SampleConfig, backend: GenerationBackend | None = None) -> d
             )
     summary = {"out": str(out), "total": len(selected), "resumed": len(done & {r["id"] for r in selected})}
     if not todo:
-        logger.info("%s: nothing left to sample", out)
+        logger.info("%s: nothing left to sample", target)
         return summary | {"sampled": 0, "seconds": round(time.perf_counter() - began, 2)}
 
     if backend is None:
-        backend = BACKENDS[cfg.backend](
-            cfg.model, adapter=cfg.adapter, device=device, dtype=resolve_dtype(cfg.dtype, device)
-        )
+        backend = BACKENDS[cfg.backend](cfg, device=device, dtype=resolve_dtype(cfg.dtype, device))
     if getattr(backend, "processor", None) is not None:
         check_box_units(todo, backend.model, backend.processor, out.parent, source)
     out.parent.mkdir(parents=True, exist_ok=True)
     # The settings go first, so every line written is covered by them; each run adds its config and metadata.
-    runs = json.loads(settings_path(out).read_text(encoding="utf-8"))["runs"] if lines else []
+    runs = json.loads(settings_path(target).read_text(encoding="utf-8"))["runs"] if lines else []
     run = {"SampleConfig": dataclasses.asdict(cfg), "meta": run_metadata(), "resumed_after": len(done)}
-    write_json(settings_path(out), {"sampler": settings, "runs": [*runs, run]})
-    bar = tqdm(
-        total=len(selected), initial=summary["resumed"], desc="sampling", unit="instr", disable=not cfg.progress
-    )
-    with out.open("ab") as handle:
+    if launch.world > 1:
+        run["shard"] = {"rank": launch.rank, "world": launch.world}
+    write_json(settings_path(target), {"sampler": settings, "runs": [*runs, run]})
+    label = "sampling" if launch.world == 1 else f"sampling (shard {launch.rank + 1} of {launch.world})"
+    bar = tqdm(total=len(selected), initial=summary["resumed"], desc=label, unit="instr", disable=not cfg.progress)
+    with target.open("ab") as handle:
         for start in range(0, len(todo), cfg.batch_size):
             batch = todo[start : start + cfg.batch_size]
             requests = [SampleRequest(r["id"], r["question"], resolve_image(r, out.parent)) for r in batch]
@@ -415,3 +611,7 @@ def run_sample(cfg: SampleConfig, backend: GenerationBackend | None = None) -> d
             bar.update(len(batch))
     bar.close()
     return summary | {"sampled": len(todo), "seconds": round(time.perf_counter() - began, 2)}
+
+
+def _file_settings(out: Path) -> dict:
+    return json.loads(settings_path(out).read_text(encoding="utf-8"))["sampler"]

@@ -16,7 +16,16 @@ from perpo.cli import main
 from perpo.config import ConfigError
 from perpo.data.schema import dump_record, load_records
 from perpo.data.sources import synth_instructions, write_records
-from perpo.sampling import SampleConfig, load_hf_backend, run_sample
+from perpo.distributed import Launch
+from perpo.sampling import (
+    HFBackend,
+    SampleConfig,
+    find_parts,
+    load_model_and_processor,
+    part_path,
+    run_sample,
+    sample_shard,
+)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[2]
@@ -24,7 +33,7 @@ ROOT = Path(__file__).parents[2]
 
 @pytest.fixture(scope="module")
 def hf_backend(tiny_llava):
-    return load_hf_backend(str(tiny_llava))
+    return HFBackend(*load_model_and_processor(str(tiny_llava)))
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +134,33 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_llava, synth_data,
     run_sample(cfg, backend=hf_backend)
     assert killed.read_bytes() == whole.read_bytes()
     assert len(load_records(killed, stage="samples", n=8)) == len(records) * 4
+
+
+def test_two_processes_give_the_one_process_bytes(tiny_llava, instructions, hf_backend, tmp_path):
+    """Data-parallel sampling: `torchrun` with 2 ranks (rank 1 resuming a shard it had half written alone), then
+    `--processes 2`; each merged file is byte-identical to one process's."""
+    one = sample(tiny_llava, instructions, tmp_path / "one" / "samples.jsonl", hf_backend, batch_size=2)
+    settings = ["--n", "4", "--temperature", "0.5", "--max_new_tokens", "12", "--limit", "9", "--device", "cpu"]
+    settings += ["--model", str(tiny_llava), "--instructions", str(instructions), "--progress", "false"]
+
+    launched = tmp_path / "torchrun" / "samples.jsonl"
+    half = SampleConfig(model=str(tiny_llava), instructions=str(instructions), out=str(launched), limit=3, n=4,
+                        temperature=0.5, max_new_tokens=12, device="cpu", progress=False)  # fmt: skip
+    sample_shard(half, hf_backend, Launch(rank=1, world=2))  # rank 1's shard of the first 3: only p1
+    assert [json.loads(line)["id"] for line in part_path(launched, 1, 2).read_text().splitlines()] == [
+        json.loads(line)["id"] for line in one.splitlines()[1:2]
+    ]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    command = [*torchrun, "-m", "perpo.cli", "--", "sample", *settings, "--out", str(launched), "--batch_size", "3"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert launched.read_bytes() == one and find_parts(launched) == []
+    assert "(1 already done, 4 in all)" in result.stdout + result.stderr  # rank 1 resumed its part
+
+    local = tmp_path / "local" / "samples.jsonl"
+    assert main(["sample", *settings, "--out", str(local), "--processes", "2"]) == 0
+    assert local.read_bytes() == one and find_parts(local) == []
 
 
 def test_end_to_end_spread_on_the_warmed_up_model(base_model_asset, tmp_path, capsys):

@@ -17,6 +17,9 @@ from perpo.data.schema import RecordError, dump_record, load_records
 from perpo.modeling import checkpoint_fingerprint as fingerprint
 from perpo.sampling import (
     SampleConfig,
+    find_parts,
+    merge_parts,
+    part_path,
     recover_output,
     run_sample,
     settings_path,
@@ -267,3 +270,103 @@ def test_cli_sample_reports_bad_instructions(tmp_path, capsys):
     argv = ["sample", "--model", str(tmp_path), "--instructions", str(bad), "--out", str(tmp_path / "o.jsonl")]
     assert main(argv) == 2
     assert f"{bad}:1: field 'image' is missing" in capsys.readouterr().err
+
+
+# --- shards (data-parallel sampling) ----------------------------------------------------------------------------
+
+
+def as_rank(monkeypatch, rank: int, world: int) -> None:
+    """This process as rank `rank` of `world` under a launcher that gives no rendezvous (no MASTER_ADDR)."""
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("LOCAL_RANK", str(rank))
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+
+
+def test_shards_merge_to_the_one_process_bytes(data, tmp_path, reference, monkeypatch):
+    out = tmp_path / "shards" / "samples.jsonl"
+    calls = {}
+    for rank in (2, 0, 1):  # any order, any time
+        as_rank(monkeypatch, rank, 3)
+        backend = FakeBackend()
+        summary = run_sample(config(data, out), backend=backend)
+        calls[rank] = [key for call in backend.calls for key in call]
+        assert summary["shards"] == 3 and not out.exists()
+    assert calls == {0: ["p0", "p3", "p6"], 1: ["p1", "p4"], 2: ["p2", "p5"]}
+    assert [p.name for p, _, _ in find_parts(out)] == [f"samples.jsonl.part-00{r}-of-003" for r in range(3)]
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    backend = FakeBackend()
+    summary = run_sample(config(data, out), backend=backend)  # alone: merges, then nothing is left
+    assert summary["merged"] == 7 and summary["sampled"] == 0 and backend.calls == []
+    assert out.read_bytes() == reference
+    assert find_parts(out) == [] and sorted(p.name for p in out.parent.iterdir()) == [
+        out.name,
+        f"{out.name}.sampler.json",
+    ]
+    runs = json.loads(settings_path(out).read_text())["runs"]
+    assert sorted(r["shard"]["rank"] for r in runs) == [0, 1, 2] and all(r["shard"]["world"] == 3 for r in runs)
+
+
+def test_a_shard_resumes_its_torn_part_and_skips_what_out_holds(data, tmp_path, reference, monkeypatch):
+    out = tmp_path / "resume" / "samples.jsonl"
+    out.parent.mkdir()
+    lines = reference.splitlines(keepends=True)
+    out.write_bytes(lines[0])  # p0 finished by an earlier one-process run
+    shutil.copy(settings_path(tmp_path / "reference" / "samples.jsonl"), settings_path(out))
+    as_rank(monkeypatch, 0, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_sample(config(data, out, batch_size=1), backend=FakeBackend(fail_on_call=1))
+    part = part_path(out, 0, 2)
+    part.write_bytes(part.read_bytes() + b'{"id": "p4", "tor')  # killed mid-write
+    backend = FakeBackend()
+    run_sample(config(data, out, batch_size=1), backend=backend)
+    assert backend.calls == [["p4"], ["p6"]]  # p0 is in out, p2 in the part, the torn p4 is redone
+    as_rank(monkeypatch, 1, 2)
+    run_sample(config(data, out), backend=FakeBackend())
+    assert merge_parts(config(data, out)) == 6
+    assert out.read_bytes() == reference
+
+
+def test_a_merge_cut_short_after_its_rename_is_finished_without_duplicates(data, tmp_path, reference, monkeypatch):
+    out = tmp_path / "cut" / "samples.jsonl"
+    for rank in (0, 1):
+        as_rank(monkeypatch, rank, 2)
+        run_sample(config(data, out), backend=FakeBackend())
+    stale = {p: p.read_bytes() for p, _, _ in find_parts(out)}
+    assert merge_parts(config(data, out)) == 7
+    for path, content in stale.items():  # the parts came back: the merge died before deleting them
+        path.write_bytes(content)
+        shutil.copy(settings_path(out), settings_path(path))
+    assert merge_parts(config(data, out)) == 0 and out.read_bytes() == reference and find_parts(out) == []
+
+
+def test_shards_of_another_world_or_other_settings_are_refused(data, tmp_path, monkeypatch):
+    out = tmp_path / "mixed" / "samples.jsonl"
+    as_rank(monkeypatch, 0, 3)
+    run_sample(config(data, out), backend=FakeBackend())
+    as_rank(monkeypatch, 1, 2)
+    with pytest.raises(ConfigError, match=r"part-000-of-003 is a shard of a run with another number of processes"):
+        run_sample(config(data, out), backend=FakeBackend())
+    as_rank(monkeypatch, 1, 3)
+    run_sample(config(data, out, seed=1), backend=FakeBackend())
+    with pytest.raises(
+        ConfigError,
+        match=r"part-001-of-003 was sampled with other settings than .*part-000-of-003 \(seed: 1 in the file, 0 in",
+    ):
+        merge_parts(config(data, out))
+    with pytest.raises(ConfigError, match="leave --processes at 1 there"):
+        run_sample(config(data, out, processes=2), backend=FakeBackend())
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 is not a rank of WORLD_SIZE=2"), ({"RANK": "x"}, "must be integers")],
+)
+def test_launcher_variables_are_checked(environ, message):
+    from perpo.distributed import launch_from_env
+
+    with pytest.raises(ConfigError, match=message):
+        launch_from_env(environ)
+    launch = launch_from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "MASTER_ADDR": "node0"})
+    assert (launch.rank, launch.world, launch.local_rank, launch.rendezvous) == (3, 4, 1, True)
