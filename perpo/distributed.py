@@ -55,3 +55,12 @@ def threads_per_process(processes: int) -> int:
     """CPU threads for each of `processes` processes sharing this machine's cores (at least 1)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cores // processes)
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a launcher's rendezvous."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

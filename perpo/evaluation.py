@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TextIO
 
 from perpo.config import ConfigError, check_numbers, opt, save_resolved
+from perpo.distributed import free_port, threads_per_process
 from perpo.io import atomic_dir, write_json
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,12 @@ class EvalConfig:
     refcoco_source: str | None = opt(None, help="PERPO_REFCOCO_SOURCE: local (the folder) or hub (lmms-lab parquet)")
     fox_dir: str | None = opt(None, help="PERPO_FOX_DIR: the Fox folder (en_page_ocr.json + en_pdf_png/, cn_...)")
     process_docs_parallel: int = opt(4, ge=1, help="threads scoring documents (lmms-eval --process_docs_parallel)")
+    processes: int = opt(
+        1,
+        ge=1,
+        help="data-parallel lmms-eval processes under `accelerate launch` (one per GPU, or CPU processes sharing the "
+        "cores): each scores a share of the documents; the results equal one process's",
+    )
     extra_args: list[str] = opt([], help="more lmms-eval CLI arguments, passed as given")
 
     def __post_init__(self):
@@ -123,8 +130,13 @@ def model_args(cfg: EvalConfig) -> str:
 def lmms_eval_command(cfg: EvalConfig, output_path: Path) -> list[str]:
     """The subprocess command line (`python -m lmms_tasks ...`)."""
     batch_size = 1 if cfg.model_wrapper == "llava_hf" else cfg.batch_size
+    launcher = [sys.executable, "-m"]
+    if cfg.processes > 1:  # accelerate's data-parallel launcher (torchrun underneath; gloo when there is no GPU)
+        launcher += ["accelerate.commands.launch", "--multi_gpu", "--num_processes", str(cfg.processes),
+                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                     "--main_process_port", str(free_port()), "-m"]  # fmt: skip
     command = [
-        sys.executable, "-m", "lmms_tasks",
+        *launcher, "lmms_tasks",
         "--model", cfg.model_wrapper,
         "--model_args", model_args(cfg),
         "--tasks", ",".join(cfg.tasks),
@@ -208,13 +220,17 @@ def run_eval(cfg: EvalConfig, echo: TextIO | None = sys.stderr) -> dict:
     Raises:
         RuntimeError: If lmms-eval fails or writes no results file (the message ends with its last output lines).
     """
+    from perpo.modeling import resolve_device
+
     out = Path(cfg.output_dir)
     env = {**os.environ, **data_environment(cfg)}
+    if cfg.processes > 1 and resolve_device(cfg.device) == "cpu" and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(threads_per_process(cfg.processes))  # the processes share the cores
     with atomic_dir(out) as tmp:
         save_resolved(tmp, "eval_config", cfg)
         command = lmms_eval_command(cfg, tmp / "raw")
         # recorded with the final folder (the run writes into a temporary sibling that replaces it at the end)
-        recorded = lmms_eval_command(cfg, out / "raw")
+        recorded = [str(out / "raw") if arg == str(tmp / "raw") else arg for arg in command]
         write_json(tmp / "command.json", {"command": recorded, "data_environment": data_environment(cfg)})
         logger.info("running: %s", " ".join(command))
         returncode, tail = _run(command, env, tmp / "lmms_eval.log", echo)

@@ -266,13 +266,12 @@ def deepspeed_distributed_env(on_cpu: bool) -> None:
     start on CPU (DeepSpeed would then see a world of 1 and refuse the global batch).
     """
     import os
-    import socket
+
+    from perpo.distributed import free_port
 
     if "RANK" not in os.environ and "LOCAL_RANK" not in os.environ:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+        port = str(free_port())
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     elif on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from deepspeed import comm
 

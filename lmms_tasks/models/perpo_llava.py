@@ -22,8 +22,11 @@ What it adds over lmms-eval's `llava_hf`:
   task's `doc_to_messages(doc, round_idx=..., previous_output=...)` protocol, one answer per round).
 
 The prompt is the checkpoint's own chat template applied to the task's messages (images first, as lmms-eval's
-chat tasks build them), i.e. the same prompt `llava_hf`'s chat path builds. Single process only (no accelerate
-data parallelism). Throughput is logged per call and lands in the results JSON's `throughput` block: docs/s over
+chat tasks build them), i.e. the same prompt `llava_hf`'s chat path builds. Data-parallel under `accelerate launch`
+(lmms-eval's convention, as `llava_hf`): each process holds the model on its own GPU (`cuda` becomes the local
+rank's), lmms-eval gives each rank its share of the documents and gathers the results in order; since a sample's
+random stream is keyed by its document, the scores equal a one-process run's (`perpo eval --processes K` runs
+this). Throughput is logged per call and lands in the results JSON's `throughput` block: docs/s over
 the whole call (images, prompts, generation), tokens/s over generation.
 """
 
@@ -115,9 +118,16 @@ class PerpoLlava(lmms):
                 f"perpo_llava: unknown model_args {sorted(kwargs)}; valid: pretrained, adapter, merge_adapter, "
                 "device, dtype, batch_size, max_new_tokens, seed, revision, trust_remote_code, attn_implementation"
             )
+        from perpo.distributed import launch_from_env, rank_device
         from perpo.modeling import load_model, load_processor, resolve_device, resolve_dtype
 
         device = resolve_device(device)
+        if launch_from_env().world > 1:  # under accelerate launch: one process per device, lmms-eval shards
+            from accelerate import Accelerator
+
+            self.accelerator = Accelerator()
+            self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
+            device = rank_device(device, self.accelerator.local_process_index)
         dtype = str(resolve_dtype(dtype, device)).removeprefix("torch.")
         try:
             self.batch_size_per_gpu = int(batch_size)
@@ -145,12 +155,14 @@ class PerpoLlava(lmms):
         self.processor = load_processor(self.pretrained, **hub_kwargs)
         self.processor.tokenizer.padding_side = "left"
         logger.info(
-            "perpo_llava: %s%s on %s (%s), batch %d",
+            "perpo_llava: %s%s on %s (%s), batch %d, rank %d of %d",
             self.pretrained,
             f" + adapter {self.adapter}" + (" (merged)" if merge_adapter else "") if self.adapter else "",
             device,
             dtype,
             self.batch_size_per_gpu,
+            self._rank,
+            self._world_size,
         )
 
     @property

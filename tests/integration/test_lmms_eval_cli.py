@@ -282,3 +282,22 @@ def test_perpo_eval_collects_results_and_samples(model, env, tmp_path, monkeypat
     assert "git_sha" in resolved["meta"] and (out / "lmms_eval.log").stat().st_size > 0
     command = json.loads((out / "command.json").read_text())
     assert command["data_environment"] == {"PERPO_SYNTH_DIR": str(Path(env["PERPO_SYNTH_DIR"]).resolve())}
+
+    # Data-parallel: two lmms-eval processes under accelerate launch, each scoring a share of the documents
+    # (sampling included: a sample's random stream is keyed by its document); the same scores and answers.
+    split = tmp_path / "eval_2"
+    assert main(["eval", str(config), "--processes", "2", "--output_dir", str(split)]) == 0
+    launched = json.loads((split / "command.json").read_text())["command"]
+    assert launched[1:5] == ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes"]
+    assert "Running on rank 1 (local rank 1)" in (split / "lmms_eval.log").read_text()
+    one, two = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("eval", "eval_2"))
+    assert two["results"] == one["results"]
+    for task in one["results"]:
+        rows = [
+            {
+                r["doc_id"]: r["filtered_resps"]
+                for r in map(json.loads, (tmp_path / n / "samples" / f"{task}.jsonl").open())
+            }
+            for n in ("eval", "eval_2")
+        ]
+        assert rows[0] == rows[1] and len(rows[0]) == 2
