@@ -10,18 +10,20 @@
 # 4. benchmarks/sdpa_shapes.py: one masked SDPA call, forward + backward, with shapes that repeat and shapes that
 #    change, per backend (the tiny model's training on an H200 spent ~47 ms in each attention call);
 # 5. the embedded loop on the GPU through the CLI: `perpo sample` (N = 20, T = 0.5, bf16) on the committed tiny
-#    base, `perpo build-data`, `perpo train --loss perpo` (bf16) with held-out AP@50 at the end.
+#    base, `perpo build-data`, `perpo train --loss perpo` (bf16) with held-out AP@50 at the end;
+# 6. `perpo sample --backend vllm` on the same instructions (when vLLM is installed: pip install 'perpo[vllm]'),
+#    timed beside the hf sampling of step 5, and the best-of-N statistics of both sample files.
 #
 # Every step writes its log under OUT_DIR (the tiny loop's files under WORK, default OUT_DIR/work); the script goes
 # on after a failed step and exits non-zero at the end if any failed. PYTHON picks the interpreter (default python3).
-# vLLM sampling is not part of it yet: the project has no vLLM backend.
+# A step whose tool is missing (vLLM) says SKIPPED and does not count as failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-runs/gpu_check}
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu DTYPE=float32 dry-runs the tiny loop without a GPU
 DTYPE=${DTYPE:-bfloat16}
-CHECKS=${CHECKS:-machine tiny_loop sdpa_shapes sdpa_shapes_7b train_bench_7b pytest_gpu}  # a subset: CHECKS="machine tiny_loop"
+CHECKS=${CHECKS:-machine tiny_loop vllm_tiny sdpa_shapes sdpa_shapes_7b train_bench_7b pytest_gpu}  # a subset: CHECKS="machine tiny_loop"
 # SDPA_CALLS: timed calls per setting of sdpa_shapes (default 40, and 20 at 7B shapes)
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
@@ -73,8 +75,22 @@ tiny_loop() {
             --eval_data "$w/data/synth_val.jsonl" --eval_limit 200 --output_dir "$w/perpo" --save_strategy no
 }
 
+vllm_tiny() {
+    local w=${WORK:-$OUT_DIR/work}/tiny_loop
+    if ! "$PY" -c "import vllm" 2>/dev/null; then
+        echo "SKIPPED: vLLM is not installed here (pip install 'perpo[vllm]')"
+        return 0
+    fi
+    [ -f "$w/instructions.jsonl" ] || { echo "vllm_tiny needs the tiny_loop step's instructions"; return 1; }
+    timed sample_vllm "$PY" -m perpo.cli sample --model perpo/assets/tiny_llava_misaligned --backend vllm \
+        --instructions "$w/instructions.jsonl" --out "$w/samples_vllm.jsonl" --n 20 --temperature 0.5 \
+        --max_new_tokens 24 --batch_size 64 --seed 0 --dtype "$DTYPE" --no_progress &&
+        "$PY" -m perpo.cli build-data --samples "$w/samples_vllm.jsonl" --out "$w/lists_vllm" --margin 0.8
+}
+
 step machine machine
 step tiny_loop tiny_loop
+step vllm_tiny vllm_tiny
 step sdpa_shapes "$PY" benchmarks/sdpa_shapes.py --calls "${SDPA_CALLS:-40}"
 step sdpa_shapes_7b "$PY" benchmarks/sdpa_shapes.py --heads 32 --head_dim 128 --lengths 600 1100 \
     --calls "${SDPA_CALLS:-20}"

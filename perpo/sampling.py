@@ -26,8 +26,8 @@ paths are not settings: they change how fast the file fills, not what it holds.
 
 Backends. `GenerationBackend` is the interface (`generate(requests, n=, temperature=, ...) -> list[list[str]]`,
 with the contract that the responses of a request depend only on it, the settings and the seed). `BACKENDS`
-maps a name to a loader; `hf` (transformers `generate`, any family of `perpo.families`, optional LoRA
-adapter merged in) is the one implemented. A vLLM backend is not included; docs/data.md says how to add one.
+maps a name to a loader: `hf` (transformers `generate`, any family of `perpo.families`, optional LoRA adapter
+merged in) and `vllm` (`perpo.vllm_backend`: one vLLM engine per process, for GPU machines).
 """
 
 from __future__ import annotations
@@ -76,10 +76,17 @@ class SampleConfig:
     seed: int = opt(0, help="sampling seed; response i of instruction `id` is keyed by (seed, id, i)")
     limit: int = opt(0, ge=0, help="sample only the first LIMIT instructions of the file (0 = all)")
     image_root: str = opt("", help="folder relative image paths are read from (default: the instruction file's)")
-    backend: str = opt("hf", help="generation backend: hf (transformers generate); see docs/data.md for vLLM")
+    backend: str = opt(
+        "hf", help="generation backend: hf (transformers generate) or vllm (a vLLM engine per process; perpo[vllm])"
+    )
     device: str = opt("auto", help="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     dtype: str = opt("auto", help="model dtype: auto (bfloat16 on a GPU, float32 on CPU), float32, bfloat16, float16")
     progress: bool = opt(True, help="show a progress bar over instructions")
+    tensor_parallel_size: int = opt(1, ge=1, help="vllm: GPUs of each engine (tensor parallel)")
+    vllm_args: str = opt(
+        "",
+        help='vllm: more vllm.LLM arguments as JSON, e.g. \'{"gpu_memory_utilization": 0.8, "max_model_len": 4096}\'',
+    )
     processes: int = opt(
         1,
         ge=1,
@@ -91,6 +98,15 @@ class SampleConfig:
         check_numbers(self)
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {sorted(BACKENDS)}, got {self.backend!r} (see docs/data.md)")
+        if self.backend != "vllm" and (self.tensor_parallel_size != 1 or self.vllm_args):
+            raise ConfigError("--tensor_parallel_size and --vllm_args are settings of --backend vllm")
+        if self.vllm_args:
+            try:
+                engine = json.loads(self.vllm_args)
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"--vllm_args must be a JSON object, got {self.vllm_args!r} ({err.msg})") from err
+            if not isinstance(engine, dict):
+                raise ConfigError(f"--vllm_args must be a JSON object, got {self.vllm_args!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.temperature == 0 and self.n > 1:
@@ -195,13 +211,21 @@ def load_hf_backend(cfg: SampleConfig, *, device: str = "cpu", dtype: str = "flo
     return HFBackend(*load_model_and_processor(cfg.model, adapter=cfg.adapter, device=device, dtype=dtype))
 
 
-BACKENDS: dict[str, BackendLoader] = {"hf": load_hf_backend}
-"""Generation backends by name. A new engine (e.g. vLLM) registers a loader here; see docs/data.md."""
+def load_vllm_backend(cfg: SampleConfig, *, device: str = "cuda", dtype: str = "bfloat16"):
+    """The `vllm` backend (perpo.vllm_backend; imported only when asked for)."""
+    from perpo.vllm_backend import load_vllm_backend
+
+    return load_vllm_backend(cfg, device=device, dtype=dtype)
+
+
+BACKENDS: dict[str, BackendLoader] = {"hf": load_hf_backend, "vllm": load_vllm_backend}
+"""Generation backends by name. A new engine registers a loader here; see docs/data.md."""
 
 
 def sampler_settings(cfg: SampleConfig, device: str) -> dict[str, Any]:
     """The `sampler` dict: every setting that determines the responses (stored in each record and the sidecar)."""
-    return {
+    engine = {"engine": {"tensor_parallel_size": cfg.tensor_parallel_size} | json.loads(cfg.vllm_args or "{}")}
+    return (engine if cfg.backend == "vllm" else {}) | {
         "backend": cfg.backend,
         "model": cfg.model,
         "model_fingerprint": checkpoint_fingerprint(cfg.model),
@@ -372,6 +396,11 @@ def run_sample(cfg: SampleConfig, backend: GenerationBackend | None = None) -> d
                 f"of {launch.world} under a launcher: leave --processes at 1 there"
             )
         return _run_local_processes(cfg)
+    if cfg.backend == "vllm" and launch.rendezvous:
+        raise ConfigError(
+            "--backend vllm starts its own GPU workers and does not run under torchrun / accelerate launch: use "
+            "--processes K on each machine (docs/scale.md)"
+        )
     if launch.world == 1:
         merged = merge_parts(cfg)
         summary = sample_shard(cfg, backend)
@@ -488,9 +517,14 @@ def _run_local_processes(cfg: SampleConfig) -> dict:
 
     began = time.perf_counter()
     launches = [Launch(rank, cfg.processes, rank) for rank in range(cfg.processes)]
+    gpus = _engine_gpus(cfg)
+    if cfg.backend == "vllm" and cfg.adapter:
+        from perpo.vllm_backend import merged_checkpoint
+
+        merged_checkpoint(cfg)  # once, before the workers load it
     context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch state
     with ProcessPoolExecutor(cfg.processes, mp_context=context) as pool:
-        shards = [pool.submit(_local_worker, cfg, launch) for launch in launches]
+        shards = [pool.submit(_local_worker, cfg, launch, gpus[launch.rank]) for launch in launches]
         summaries = [shard.result() for shard in shards]
     merged = merge_parts(cfg)
     return {
@@ -504,7 +538,31 @@ def _run_local_processes(cfg: SampleConfig) -> dict:
     }
 
 
-def _local_worker(cfg: SampleConfig, launch) -> dict:
+def _engine_gpus(cfg: SampleConfig) -> list[str | None]:
+    """CUDA_VISIBLE_DEVICES of each `--processes` worker of a vLLM run (`tensor_parallel_size` GPUs each); None for
+    the `hf` backend, whose workers pick their GPU by rank.
+
+    Raises:
+        ConfigError: fewer GPUs than processes x tensor_parallel_size.
+    """
+    if cfg.backend != "vllm":
+        return [None] * cfg.processes
+    import torch
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    size = cfg.tensor_parallel_size
+    if len(gpus) < cfg.processes * size:
+        raise ConfigError(
+            f"--processes {cfg.processes} x --tensor_parallel_size {size} needs {cfg.processes * size} GPUs, "
+            f"{len(gpus)} are visible"
+        )
+    return [",".join(gpus[rank * size : (rank + 1) * size]) for rank in range(cfg.processes)]
+
+
+def _local_worker(cfg: SampleConfig, launch, gpus: str | None) -> dict:
+    if gpus is not None:  # before anything touches CUDA in this fresh interpreter
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
     import torch
 
     from perpo.distributed import threads_per_process

@@ -126,3 +126,25 @@ def test_llava15_7b_lora_r128_trains_in_bf16():
     assert lora_b.abs().max() > 0  # the adapters trained
     assert peak_gb < torch.cuda.get_device_properties(0).total_memory / 2**30
     assert lists_per_s > 0
+
+
+def test_vllm_backend_samples_the_tiny_model(tmp_path):
+    """Issue 18: `perpo sample --backend vllm` on the committed tiny base (needs `perpo[vllm]`): every instruction
+    gets N non-empty responses, the settings name the engine, and a rerun has nothing left to do."""
+    pytest.importorskip("vllm", reason="vLLM is an optional extra: pip install 'perpo[vllm]'")
+    from perpo.cli import main
+    from perpo.data.schema import load_records
+
+    data, instructions, out = tmp_path / "data", tmp_path / "instructions.jsonl", tmp_path / "samples.jsonl"
+    assert main(["data", "synth", "--out", str(data), "--train", "20", "--val", "2", "--test", "2"]) == 0
+    argv = ["data", "instructions", "--source", "synth", "--data", str(data), "--split", "train"]
+    assert main([*argv, "--out", str(instructions)]) == 0
+    model = ROOT / "perpo" / "assets" / "tiny_llava_misaligned"
+    argv = ["sample", "--model", str(model), "--instructions", str(instructions), "--out", str(out), "--n", "8"]
+    argv += ["--backend", "vllm", "--max_new_tokens", "24", "--vllm_args", '{"gpu_memory_utilization": 0.3}']
+    assert main(argv) == 0
+    records = load_records(out, stage="samples", n=8)
+    assert len(records) == len(load_records(instructions, stage="instructions"))
+    assert all(len(r["responses"]) == 8 and all(r["responses"]) for r in records)
+    assert records[0]["sampler"]["engine"]["gpu_memory_utilization"] == 0.3
+    assert main(argv) == 0 and len(load_records(out, stage="samples", n=8)) == len(records)

@@ -35,3 +35,14 @@ def test_failed_step_is_reported_and_the_rest_still_runs(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "== machine: exit" in proc.stdout and "== sdpa_shapes: exit 0" in proc.stdout
     assert proc.stdout.strip().endswith("FAILED: machine")
+
+
+def test_vllm_step_says_skipped_without_vllm_and_needs_the_tiny_loop_with_it(tmp_path):
+    import importlib.util
+
+    proc = run_check(tmp_path, "vllm_tiny")
+    log = (tmp_path / "out" / "vllm_tiny.txt").read_text()
+    if importlib.util.find_spec("vllm") is None:
+        assert proc.returncode == 0 and "SKIPPED: vLLM is not installed here" in log
+    else:
+        assert proc.returncode == 1 and "needs the tiny_loop step's instructions" in log

@@ -240,7 +240,7 @@ def test_image_root_option(data, tmp_path):
         ({"temperature": float("nan")}, "--temperature must be a finite number >= 0, got nan"),
         ({"top_p": 0.0}, "--top_p must be a finite number > 0 and <= 1, got 0.0"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
-        ({"backend": "vllm"}, "backend must be one of \\['hf'\\]"),
+        ({"backend": "tgi"}, "backend must be one of \\[.hf., .vllm.\\]"),
         ({"dtype": "fp8"}, "dtype must be one of"),
     ],
 )
