@@ -403,6 +403,46 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def _grpo(argv: list[str]) -> int:
+    from trl import GRPOConfig
+
+    from perpo.config import parse_command
+    from perpo.grpo import GRPOArguments, run_grpo
+
+    args, config = parse_command(
+        [GRPOArguments, GRPOConfig],
+        argv,
+        prog="perpo grpo",
+        description="Online RL beside PerPO: TRL's GRPOTrainer on perpo's rewards (IoU for grounding, 1 - edit "
+        "distance for OCR), sampling --num_generations responses per instruction (PerPO's N) from the current "
+        "policy at every step, LoRA and the trained projector as in `perpo train`. Reads the instruction file "
+        "`perpo sample` reads; writes the adapter layout `perpo train` writes, so `perpo eval` takes it as is. Every "
+        "trl.GRPOConfig flag works (--beta, --temperature, --max_completion_length, --learning_rate, ...).",
+    )
+    out = run_grpo(args, config)
+    print(f"trained adapters and processor written to {out}")
+    return 0
+
+
+def _iterate(argv: list[str]) -> int:
+    from perpo.config import parse_command
+    from perpo.iterative import IterateConfig, run_iterate
+
+    (cfg,) = parse_command(
+        [IterateConfig],
+        argv,
+        prog="perpo iterate",
+        description="Iterative (on-policy) PerPO: the instructions split into --rounds shares; each round samples "
+        "its share from the current policy, builds the margin-filtered lists and trains the previous round's "
+        "adapter further (`perpo train --init_adapter`). The reference is the base model (default) or the round's "
+        "starting policy (--reference previous). Rerun the same command to resume. out/adapter is the final policy.",
+    )
+    summary = run_iterate(cfg)
+    kept = ", ".join(str(r["lists_kept"]) for r in summary["rounds"])
+    print(f"{len(summary['rounds'])} rounds (lists kept: {kept}) -> {summary['adapter']}")
+    return 0
+
+
 def _export(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="perpo export",
@@ -466,6 +506,8 @@ COMMANDS: dict[str, Command] = {
     "build-data": Command("score responses, margin-filter the lists, write train.jsonl + stats", _build_data),
     "warmup": Command("supervised warm-up of the tiny LLaVA on synthetic boxes or pages", _warmup),
     "train": Command("train with PerPO / LiPO / listwise / DPO / SFT (LoRA, DeepSpeed ZeRO-3)", _train),
+    "iterate": Command("iterative (on-policy) PerPO: rounds of sample, build-data, train", _iterate),
+    "grpo": Command("online RL (TRL's GRPO) on the same rewards and LoRA, for the comparison with PerPO", _grpo),
     "export": Command("merge a trained LoRA adapter into its base model as a standalone checkpoint", _export),
     "demo": Command("run the embedded default end to end (what `make demo` runs)", _demo),
     "eval": Command("run lmms-eval on the perpo_* tasks from an eval_configs/ YAML; collect results + samples", _eval),

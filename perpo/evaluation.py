@@ -201,7 +201,8 @@ def keep_training_record(adapter: Path, folder: Path) -> None:
     for name in ("train_config.json", "adapter_config.json"):
         if (adapter / name).is_file():
             shutil.copyfile(adapter / name, folder / name)
-    data = json.loads(train_config.read_text()).get("PerPOArguments", {}).get("data")
+    stored = json.loads(train_config.read_text())
+    data = (stored.get("PerPOArguments") or stored.get("GRPOArguments") or {}).get("data")
     stats = Path(data).expanduser().parent / "stats.json" if data else None
     if stats is not None and stats.is_file():
         shutil.copyfile(stats, folder / "stats.json")

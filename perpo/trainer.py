@@ -73,6 +73,11 @@ class PerPOArguments:
     lora_targets: list[str] = opt(list(DEFAULT_LORA_TARGETS), help="language-model linear layers that get LoRA")
     train_projector: bool = opt(True, help="train the multimodal projector fully (as the released code does)")
     reference: str = opt("adapter", help=f"reference policy: {', '.join(REFERENCE_MODES)}")
+    init_adapter: str | None = opt(
+        None,
+        help="start from this trained LoRA adapter (iterative PerPO: the previous round's) and train it further; "
+        "the reference is then the base model (--reference adapter) or this starting policy (--reference copy)",
+    )
     ref_logps_file: str | None = opt(None, help="precomputed reference log-probs file (default: beside the data)")
     layout: str = opt(
         "tree",
@@ -116,6 +121,11 @@ class PerPOArguments:
             raise ConfigError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.reference == "adapter" and not self.use_lora:
             raise ConfigError("reference=adapter needs use_lora=true; use reference=copy or precomputed instead")
+        if self.init_adapter is not None:
+            if not (Path(self.init_adapter) / "adapter_config.json").is_file():
+                raise ConfigError(f"--init_adapter {self.init_adapter} has no adapter_config.json (a peft adapter)")
+            if not self.use_lora or self.reference == "precomputed":
+                raise ConfigError("--init_adapter needs use_lora=true and --reference adapter (the base) or copy")
         if self.loss not in LOSS_ON_ANSWERS and self.n < 2:
             raise ConfigError(f"loss {self.loss} ranks responses: it needs n >= 2 responses per list")
 
@@ -538,9 +548,22 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks:
         ref = load_or_compute_reference(model, collator, records, args, training_args.per_device_train_batch_size)
         collator.ref_logps = ref
     elif args.loss in LOSS_NEEDS_REFERENCE and args.reference == "copy":
-        ref_model = frozen_copy(model)
+        if args.init_adapter:  # the reference is the starting policy: base + the adapter, merged
+            ref_model = load_model(
+                args.model_name_or_path, dtype=args.dtype, adapter=args.init_adapter, merge_adapter=True
+            )
+            ref_model.requires_grad_(False)
+            ref_model.eval()
+        else:
+            ref_model = frozen_copy(model)
 
-    if args.use_lora:
+    if args.init_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.init_adapter, is_trainable=True)
+        if args.fuse_lora and not training_args.deepspeed:
+            fuse_lora(model)
+    elif args.use_lora:
         model = apply_lora(
             model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=args.lora_targets,
             train_projector=args.train_projector,

@@ -69,9 +69,12 @@ METHOD_LABELS = {
     "perpo": "PerPO",
     "lipo": "LiPO-λ",
     "listwise": "Listwise",
+    "perpo_iter": "PerPO (iterative)",
+    "grpo": "GRPO",
 }
-"""Display names of the methods (`perpo train --loss` names); any other method string is shown as given."""
-METHOD_ORDER = ("base", "sft", "dpo", "lipo", "listwise", "perpo")
+"""Display names of the methods (`perpo train --loss` names, `perpo grpo`, iterative PerPO); any other method string
+is shown as given."""
+METHOD_ORDER = ("base", "sft", "dpo", "lipo", "listwise", "perpo", "perpo_iter", "grpo")
 """Row order of methods in the tables (the paper's: base, +SFT, +DPO, +PerPO)."""
 
 NOT_METRICS = ("alias", "frame", "record", "samples", " ")

@@ -170,14 +170,17 @@ def training_metadata(folder: Path) -> tuple[dict[str, Any], list[str]]:
     notes: list[str] = []
     train = _read_json(folder / "train_config.json")
     if train is not None:
-        args = train.get("PerPOArguments", {})
-        training = train.get("TrainingArguments", {})
+        # `perpo train` writes PerPOArguments + TrainingArguments; `perpo grpo` GRPOArguments + GRPOConfig and a
+        # top-level "loss": "grpo"; iterative PerPO's last round a top-level "method": "perpo_iter"
+        args = train.get("PerPOArguments") or train.get("GRPOArguments") or {}
+        training = train.get("TrainingArguments") or train.get("GRPOConfig") or {}
+        loss = args.get("loss") or train.get("loss")
         meta.update(
             {
-                "method": args.get("loss"),
-                "loss": args.get("loss"),
-                "n": args.get("n"),
-                "beta": args.get("beta"),
+                "method": train.get("method") or loss,
+                "loss": loss,
+                "n": args.get("n") or training.get("num_generations"),
+                "beta": args.get("beta", training.get("beta")),
                 "gamma": args.get("gamma"),
                 "learning_rate": training.get("learning_rate"),
                 "train_config": str(folder / "train_config.json"),
