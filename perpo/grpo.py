@@ -135,12 +135,13 @@ def resolve_reward(args: GRPOArguments, records: list[dict]) -> str:
     return TASK_REWARDS[tasks[0]]
 
 
-def run_grpo(args: GRPOArguments, config) -> Path:
+def run_grpo(args: GRPOArguments, config, callbacks: list | None = None) -> Path:
     """Train with GRPO as the module docstring says; returns the output folder.
 
     Args:
         args: perpo's options.
         config: `trl.GRPOConfig` (output_dir, num_generations, learning rate, ...).
+        callbacks: replace the console's dict printer and progress bar (as in `perpo.trainer.run_train`).
 
     Raises:
         ConfigError: bad data, reward or batch settings (before a model loads).
@@ -153,7 +154,7 @@ def run_grpo(args: GRPOArguments, config) -> Path:
     from perpo.heldout import HeldoutEvaluator
     from perpo.io import write_json
     from perpo.modeling import apply_lora, disable_dropout, load_model, load_processor
-    from perpo.trainer import DONE_FILE, check_images
+    from perpo.trainer import DONE_FILE, check_images, use_callbacks
 
     data = Path(args.data)
     records = load_records(data, stage="instructions")
@@ -196,6 +197,7 @@ def run_grpo(args: GRPOArguments, config) -> Path:
         train_dataset=prompt_dataset(records, image_root),
         processing_class=processor,
     )
+    use_callbacks(trainer, callbacks)
     began = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     seconds = time.perf_counter() - began

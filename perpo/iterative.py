@@ -23,6 +23,7 @@ import json
 import logging
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +92,11 @@ def _absolute_image(record: dict, root: Path) -> dict:
     return record
 
 
-def run_iterate(cfg: IterateConfig) -> dict:
-    """Run the rounds (see the module docstring); returns the summary also written to `out/iterate.json`."""
+def run_iterate(cfg: IterateConfig, callbacks: Callable[[int, Path], list] | None = None) -> dict:
+    """Run the rounds (see the module docstring); returns the summary also written to `out/iterate.json`.
+
+    `callbacks(round, folder)` gives each round's training callbacks (see `perpo.trainer.run_train`).
+    """
     from transformers import TrainingArguments
 
     from perpo.config import parse_command
@@ -127,7 +131,7 @@ def run_iterate(cfg: IterateConfig) -> dict:
             raise ConfigError(f"round {r}: no list of {folder / 'samples.jsonl'} passed the margin; lower --margin")
         args, training = parse_command(flags, _train_argv(cfg, folder, adapter), prog="perpo train", description="")
         built = time.perf_counter()
-        adapter = run_train(args, training)
+        adapter = run_train(args, training, callbacks(r, folder) if callbacks else None)
         rounds.append(
             {
                 "round": r,

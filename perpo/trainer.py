@@ -289,6 +289,18 @@ def deepspeed_distributed_env(on_cpu: bool) -> None:
             comm.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
 
 
+def use_callbacks(trainer, callbacks: list | None) -> None:
+    """Replace the trainer's console printer and progress bar by `callbacks` (None: keep them)."""
+    if callbacks is None:
+        return
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+
+
 def peak_memory_gb() -> float:
     """Peak accelerator memory if on GPU, else the process's peak resident memory (GB)."""
     if torch.cuda.is_available():
@@ -590,13 +602,7 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks:
         ref_model=ref_model,
     )
     trainer.heldout = heldout
-    if callbacks is not None:
-        from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(ProgressCallback)
-        for callback in callbacks:
-            trainer.add_callback(callback)
+    use_callbacks(trainer, callbacks)
     began = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if heldout:

@@ -86,6 +86,17 @@ class DemoConfig:
         help="after training, score greedy AP@50 on this many val expressions (held out) and on as many training "
         "lists' own instructions, so over-fitting shows in the summary (0: off)",
     )
+    study: str = opt(
+        "",
+        help="online: after the demo, train iterative PerPO (perpo iterate) and GRPO (perpo grpo) on the same "
+        "instructions with the same budget, evaluate them alike and print the comparison (grounding only)",
+    )
+    study_only: bool = opt(False, help="with --study online: only the study, beside the finished demo in --out")
+    rounds: int = opt(2, ge=1, help="--study online: rounds of iterative PerPO")
+    lr_perpo_iter: float = opt(1e-4, gt=0, help="--study online: learning rate of iterative PerPO (PerPO's)")
+    beta_perpo_iter: float = opt(0.5, gt=0, help="--study online: β of iterative PerPO (PerPO's)")
+    lr_grpo: float = opt(1e-4, gt=0, help="--study online: learning rate of GRPO (not searched yet)")
+    beta_grpo: float = opt(0.04, ge=0, help="--study online: KL coefficient of GRPO (DeepSeekMath's 0.04)")
     threads: int = opt(
         0,
         ge=0,
@@ -103,6 +114,12 @@ class DemoConfig:
         unknown = [m for m in self.methods if m not in (*METHODS, "listwise")]
         if unknown:
             raise ConfigError(f"unknown method(s) {unknown}; choose from {', '.join((*METHODS, 'listwise'))}")
+        if self.study not in ("", "online"):
+            raise ConfigError(f"study must be online (or empty), got {self.study!r}")
+        if self.study and self.track != "grounding":
+            raise ConfigError("--study online runs on the grounding track only")
+        if self.study_only and not self.study:
+            raise ConfigError("--study_only needs --study online")
         if self.quick:
             self.instructions, self.n, self.epochs = min(self.instructions, 24), min(self.n, 6), 1.0
 
@@ -179,7 +196,7 @@ def _expected_seconds(cfg: DemoConfig) -> dict[str, float]:
             "evaluate (lmms-eval)": 40 * (methods + 1),
             "report": 2,
         }
-    return {
+    stages = {
         "synthetic data and base model": 15,
         "sample": 13 * scale,
         "rewards and margin filter": 2,
@@ -187,6 +204,9 @@ def _expected_seconds(cfg: DemoConfig) -> dict[str, float]:
         "evaluate (lmms-eval)": 36 * (methods + 1),
         "report": 2,
     }
+    if cfg.study == "online":  # two online trainings (sampling inside) and their evaluation
+        stages["online study: iterative PerPO and GRPO"] = 360 * scale + 100
+    return stages
 
 
 def prepare_base(cfg: DemoConfig, out: Path) -> tuple[Path, Path]:
@@ -381,6 +401,10 @@ def _run_demo(cfg: DemoConfig, out: Path) -> dict:
 
     threads = resolve_threads(cfg.threads)
     torch.set_num_threads(threads)
+    if cfg.study_only:
+        from perpo.embedded.online_study import run_online_study
+
+        return {"online": run_online_study(cfg, out, threads)}
     logger.info("torch threads: %d for sampling and training, %d per evaluation process", threads, threads // 2 or 1)
     save_resolved(out, "demo_config", cfg)
     stages = Stages(_expected_seconds(cfg))
@@ -428,6 +452,13 @@ def _run_demo(cfg: DemoConfig, out: Path) -> dict:
     table = report_dir / "tables" / f"{REPORT_TABLE[cfg.track]}.md"
     if table.is_file():
         print("\n" + table.read_text())
+    if cfg.study == "online":
+        from perpo.embedded.online_study import run_online_study
+
+        stages.start("online study: iterative PerPO and GRPO")
+        summary["online"] = run_online_study(cfg, out, threads)
+        summary["seconds"] = round(stages.seconds, 1)
+        write_json(out / "summary.json", summary)
     print(f"demo done in {summary['seconds'] / 60:.1f} min; open {report_dir / 'index.md'} (logs in {out / 'logs'})")
     return summary
 
@@ -437,7 +468,13 @@ LABELS = {method: label if method == "base" else f"+ {label}" for method, label 
 
 
 def evaluate_models(
-    cfg: DemoConfig, data: Path, base: Path, adapters: dict[str, Path], out: Path, threads: int = 2
+    cfg: DemoConfig,
+    data: Path,
+    base: Path,
+    adapters: dict[str, Path],
+    out: Path,
+    threads: int = 2,
+    include_base: bool = True,
 ) -> dict[str, Path]:
     """Stage 5: lmms-eval on the base and every trained model, two runs at a time (`threads // 2` torch threads each).
 
@@ -456,7 +493,7 @@ def evaluate_models(
     from perpo.evaluation import EvalConfig, run_eval
 
     runs = {}
-    for name, adapter in {"base": None, **adapters}.items():
+    for name, adapter in (({"base": None} if include_base else {}) | adapters).items():
         if cfg.track == "ocr":
             # The test pages; their answers are at most 43 characters (the Fox tasks allow 4,096 new tokens, past
             # the tiny model's 512 positions).
@@ -467,7 +504,7 @@ def evaluate_models(
             tasks = ["perpo_synth_test", "perpo_synth_test_orig", "perpo_synth_test_blankimg"]
             best_of = "perpo_synth_test_bon4" if cfg.quick else "perpo_synth_test_bon20"
             data_dirs = {"synth_dir": str(data)}
-        if name in ("base", "perpo"):
+        if name in ("base", "perpo", "perpo_iter", "grpo"):
             tasks.append(best_of)
         runs[name] = EvalConfig(
             model=str(base),

@@ -18,8 +18,10 @@ PERPO = Path(sys.executable).with_name("perpo")  # the installed console script
 
 
 def test_quick_demo_runs_every_stage_and_writes_every_artefact(tmp_path, base_model_asset):
+    """`perpo demo --quick --study online`: the demo's stages, then iterative PerPO and GRPO beside it."""
     out = tmp_path / "demo"
-    done = subprocess.run([str(PERPO), "demo", "--quick", "--out", str(out)], capture_output=True, text=True)
+    command = [str(PERPO), "demo", "--quick", "--study", "online", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     printed = done.stdout
 
@@ -82,7 +84,26 @@ def test_quick_demo_runs_every_stage_and_writes_every_artefact(tmp_path, base_mo
     assert set(summary["timings_s"]) == {*stage_names, "evaluate (lmms-eval)", "report"}
     threads = int(os.environ["OMP_NUM_THREADS"])  # tests/conftest.py sets it (1): the demo takes it as its budget
     assert summary["threads"] == {"train": threads, "eval_processes": 2, "eval_threads_each": max(1, threads // 2)}
-    assert "[6/6] report" in printed and "min left" in printed
+    assert "[6/7] report" in printed and "min left" in printed
+
+    # the online study: both methods trained from the same instructions, evaluated by `perpo eval` like the others
+    assert "[7/7] online study: iterative PerPO and GRPO" in printed
+    study = json.loads((out / "online_study.json").read_text())
+    assert set(study["rows"]) == {"base", "sft", "dpo", "lipo", "perpo", "perpo_iter", "grpo"}
+    instructions = len((out / "lists" / "instructions.jsonl").read_text().splitlines())
+    for method in ("perpo_iter", "grpo"):
+        row = study["rows"][method]
+        assert 0 <= row["ap50"] <= 100 and row["best"] >= row["first"] and row["includes"] == "sampling"
+        assert row["generated"] == instructions * 6 and row["steps"] >= 1, method  # quick: N = 6
+        assert (
+            "ap50_bo4,none"
+            in json.loads((out / "eval" / method / "results.json").read_text())["results"]["perpo_synth_test_bon4"]
+        )
+    assert study["rows"]["perpo"]["generated"] == instructions * 6
+    rows = [line.split(" | ")[0] for line in (out / "report" / "online.md").read_text().splitlines()[2:]]
+    assert rows == ["| base", "| SFT", "| DPO", "| LiPO-λ", "| PerPO", "| PerPO (iterative)", "| GRPO"]
+    assert (out / "report" / "online.md").read_text() in printed
+    assert summary["online"]["grpo"]["ap50"] == study["rows"]["grpo"]["ap50"]
 
     # the several-seed table reads the same folders (here one seed: means without spread)
     seeds = subprocess.run(
