@@ -6,9 +6,11 @@ Runs the demo's own stages (`perpo.embedded.demo`: the seed-0 synthetic benchmar
 samples at T = 0.5, the IoU margin filter), then trains every method once per learning rate with the demo's
 budget (same lists, epochs, batch size, LoRA) and scores greedy AP@50 on the val split in-process
 (`perpo.quickeval`). Every method gets the same number of trials: the preference losses (DPO, LiPO-λ, PerPO) one
-per (learning rate, β) pair, SFT (which has no β) as many learning rates (`--sft_lrs`). The test split is never
-looked at. A trial whose adapter is already there (`trial.json` beside it) is scored, not trained again, so an
-interrupted search picks up where it stopped. Writes `search.json` and `search.md`, prints the table and each
+per (learning rate, β) pair, SFT (which has no β) as many learning rates (`--sft_lrs`), and the online study's
+methods (`--methods perpo_iter grpo`, trained as `perpo demo --study online` trains them) as many: iterative PerPO
+per (learning rate, β), GRPO per (learning rate, KL β in `--kl_betas`). The test split is never looked at. A trial
+whose adapter is already there (`trial.json` beside it) is scored, not trained again, so an interrupted search
+picks up where it stopped. Writes `search.json` and `search.md`, prints the table and each
 method's best setting; the demo's `--lr_<method>` / `--beta_<method>` defaults are those picks.
 
 `--track ocr` searches the OCR track's demo (`perpo demo --track ocr`: seed-1 synthetic pages, the committed
@@ -20,6 +22,7 @@ adapter (`ocr_scores.json`), so a search widened with more learning rates scores
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -33,6 +36,7 @@ from perpo.embedded.demo import (
     sample_lists,
     train_method,
 )
+from perpo.embedded.online_study import train_grpo, train_perpo_iter
 from perpo.io import read_jsonl, write_json
 from perpo.modeling import load_model, load_processor
 from perpo.quickeval import evaluate_grounding, evaluate_ocr
@@ -45,6 +49,9 @@ def main() -> None:
     parser.add_argument("--lrs", type=float, nargs="+", default=[3e-5, 1e-4, 3e-4])
     parser.add_argument("--betas", type=float, nargs="+", default=[0.1, 0.5])
     parser.add_argument("--sft_lrs", type=float, nargs="+", default=[1e-4, 2e-4, 3e-4, 6e-4, 1e-3, 3e-3])
+    parser.add_argument(
+        "--kl_betas", type=float, nargs="+", default=[0.0, 0.04], help="GRPO's KL coefficients (with --lrs)"
+    )
     parser.add_argument("--methods", nargs="+", default=None, help="default: the track's demo methods")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--instructions", type=int, default=DemoConfig.instructions)
@@ -100,17 +107,21 @@ def main() -> None:
     print("best settings:", json.dumps(best))
 
 
+ONLINE = {"perpo_iter": train_perpo_iter, "grpo": train_grpo}
+"""The online study's methods (`--methods perpo_iter grpo`), trained as `perpo demo --study online` trains them."""
+
+
 def trials(args, cfg, base: Path, lists: Path):
     """Train (or find, from an interrupted search) every trial; yield (method, lr, β, name, adapter, train seconds).
 
-    The same number of trials per method: one per (lr, β) for the preference losses, one per `--sft_lrs` for SFT.
+    The same number of trials per method: one per (lr, β) for the preference losses and iterative PerPO, one per
+    (lr, KL β) for GRPO, one per `--sft_lrs` for SFT.
     """
     for method in args.methods:
-        settings = (
-            [(lr, None) for lr in args.sft_lrs]
-            if method == "sft"
-            else [(lr, b) for lr in args.lrs for b in args.betas]
-        )
+        if method == "sft":
+            settings = [(lr, None) for lr in args.sft_lrs]
+        else:
+            settings = [(lr, b) for lr in args.lrs for b in (args.kl_betas if method == "grpo" else args.betas)]
         for lr, beta in settings:
             name = f"{method}_lr{lr:g}" + (f"_beta{beta:g}" if beta is not None else "")
             folder = args.out / "models" / name
@@ -118,10 +129,14 @@ def trials(args, cfg, base: Path, lists: Path):
                 seconds = json.loads((folder / "trial.json").read_text())["train_s"]
             else:
                 began = time.perf_counter()
-                train_method(cfg, method, base, lists, folder, lr=lr, beta=beta)
+                if method in ONLINE:  # perpo demo --study online's trainings, with this trial's lr and β
+                    chosen = dataclasses.replace(cfg, **{f"lr_{method}": lr, f"beta_{method}": beta})
+                    ONLINE[method](chosen, base, lists, folder)
+                else:
+                    train_method(cfg, method, base, lists, folder, lr=lr, beta=beta)
                 seconds = round(time.perf_counter() - began, 1)
                 write_json(folder / "trial.json", {"train_s": seconds})
-            yield method, lr, beta, name, folder, seconds
+            yield method, lr, beta, name, folder / "adapter" if method == "perpo_iter" else folder, seconds
 
 
 def search_ocr(args, cfg, base: Path, val: list[dict], train_lists: list[dict]) -> None:
