@@ -150,20 +150,14 @@ def run_grpo(args: GRPOArguments, config, callbacks: list | None = None) -> Path
     from trl import GRPOTrainer
 
     from perpo.config import save_resolved
-    from perpo.data.schema import load_records
     from perpo.heldout import HeldoutEvaluator
     from perpo.io import write_json
     from perpo.modeling import apply_lora, disable_dropout, load_model, load_processor
-    from perpo.trainer import DONE_FILE, check_images, use_callbacks
+    from perpo.trainer import DONE_FILE, checked_records, use_callbacks
 
-    data = Path(args.data)
-    records = load_records(data, stage="instructions")
-    if args.max_instructions:
-        records = records[: args.max_instructions]
-    if not records:
-        raise ConfigError(f"{data}: no instructions")
-    image_root = Path(args.image_root or data.parent)
-    check_images(data, records, image_root)
+    records, image_root = checked_records(
+        Path(args.data), "instructions", args.image_root, limit=args.max_instructions
+    )
     reward = resolve_reward(args, records)
     try:
         reward_fn = task_reward(reward)

@@ -289,6 +289,26 @@ def deepspeed_distributed_env(on_cpu: bool) -> None:
             comm.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
 
 
+def checked_records(
+    data: Path, stage: str, image_root: str | None, *, limit: int | None = None, n: int | None = None
+) -> tuple[list[dict], Path]:
+    """The first `limit` records of a training file (all when None), validated for `stage`, with their images
+    checked; and the folder relative image paths resolve against (`image_root`, default the file's folder).
+
+    Raises:
+        RecordError / ConfigError: a bad record or image (file and line named), or no records at all.
+    """
+    from perpo.data.schema import load_records
+
+    records = load_records(data, stage=stage, n=n)
+    records = records[:limit] if limit else records
+    if not records:
+        raise ConfigError(f"{data}: no {'training lists' if stage == 'train' else 'instructions'}")
+    root = Path(image_root or data.parent)
+    check_images(data, records, root)
+    return records, root
+
+
 def use_callbacks(trainer, callbacks: list | None) -> None:
     """Replace the trainer's console printer and progress bar by `callbacks` (None: keep them)."""
     if callbacks is None:
@@ -514,20 +534,14 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks:
     from transformers import set_seed
 
     from perpo.config import jsonable, save_resolved
-    from perpo.data.schema import load_records
     from perpo.heldout import HeldoutEvaluator
     from perpo.modeling import apply_lora, disable_dropout, frozen_copy, fuse_lora, load_model, load_processor
 
     # Everything the user gave is checked before a model loads or anything is written.
     check_training_args(training_args)
     data = Path(args.data)
-    records = load_records(data, stage="train", n=args.n)  # fails at start-up on short lists or bad fields
-    if args.max_lists:
-        records = records[: args.max_lists]
-    if not records:
-        raise ConfigError(f"{data}: no training lists")
-    image_root = Path(args.image_root or data.parent)
-    check_images(data, records, image_root)
+    # fails at start-up on short lists, bad fields or missing images
+    records, image_root = checked_records(data, "train", args.image_root, limit=args.max_lists, n=args.n)
     heldout = HeldoutEvaluator.from_args(args, training_args, records)  # validates --eval_data at start-up
     out = Path(training_args.output_dir)
     data_sha256 = hashlib.sha256(data.read_bytes()).hexdigest()

@@ -93,6 +93,9 @@ class DemoConfig:
     )
     study_only: bool = opt(False, help="with --study online: only the study, beside the finished demo in --out")
     rounds: int = opt(2, ge=1, help="--study online: rounds of iterative PerPO")
+    iter_reference: str = opt(
+        "base", help="--study online: reference of iterative PerPO, base or previous (each round's starting policy)"
+    )
     lr_perpo_iter: float = opt(1e-4, gt=0, help="--study online: learning rate of iterative PerPO (PerPO's)")
     beta_perpo_iter: float = opt(0.5, gt=0, help="--study online: β of iterative PerPO (PerPO's)")
     lr_grpo: float = opt(1e-4, gt=0, help="--study online: learning rate of GRPO (not searched yet)")
@@ -118,6 +121,8 @@ class DemoConfig:
             raise ConfigError(f"study must be online (or empty), got {self.study!r}")
         if self.study and self.track != "grounding":
             raise ConfigError("--study online runs on the grounding track only")
+        if self.iter_reference not in ("base", "previous"):
+            raise ConfigError(f"iter_reference must be base or previous, got {self.iter_reference!r}")
         if self.study_only and not self.study:
             raise ConfigError("--study_only needs --study online")
         if self.quick:

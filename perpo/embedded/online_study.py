@@ -53,7 +53,8 @@ def train_perpo_iter(cfg, base: Path, lists: Path, out: Path) -> Path:
     )
     shutil.rmtree(out, ignore_errors=True)
     iterate = IterateConfig(
-        model=str(base), instructions=str(lists / "instructions.jsonl"), out=str(out), rounds=cfg.rounds, n=cfg.n,
+        model=str(base), instructions=str(lists / "instructions.jsonl"), out=str(out), rounds=cfg.rounds,
+        reference=cfg.iter_reference, n=cfg.n,
         temperature=cfg.temperature, max_new_tokens=24, margin=cfg.margin, seed=cfg.seed, device="cpu",
         train_args=train,
     )  # fmt: skip
