@@ -205,10 +205,12 @@ def run_grpo(args: GRPOArguments, config, callbacks: list | None = None) -> Path
         "reward": reward,
         "instructions": len(records),
         "num_generations": config.num_generations,
+        # each generation batch serves num_iterations optimizer passes (TRL's μ)
         "generated_responses": trainer.state.global_step
         * config.per_device_train_batch_size
         * config.gradient_accumulation_steps
-        * config.world_size,
+        * config.world_size
+        // config.num_iterations,
         "optimizer_steps": trainer.state.global_step,
         "train_seconds": round(seconds, 2),
         "train_loss": result.training_loss,
