@@ -8,8 +8,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # The application layer: the `perpo` command (it dispatches `perpo report` / `perpo compare`) and the demo recipe,
-# which builds a report at its end (and its online study, which labels its table as the reports do). The embedded default (tiny models, synthetic data, warm-up) sits beside the
-# core and may use it; everything else in perpo/ is the library core.
+# which builds a report at its end (and its online study, which labels its table as the reports do). The embedded
+# default (tiny models, synthetic data, warm-up) sits beside the core and may use it; everything else in perpo/ is
+# the library core.
 APPLICATION = {"perpo/cli.py", "perpo/embedded/demo.py", "perpo/embedded/online_study.py"}
 OUTSIDE = ("reports", "lmms_tasks", "lmms_eval", "perpo.embedded")
 

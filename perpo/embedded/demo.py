@@ -312,6 +312,12 @@ def build_lists(cfg: DemoConfig, lists: Path) -> dict:
     return stats
 
 
+def optimizer_steps(cfg: DemoConfig, lists: Path) -> int:
+    """Optimizer steps of one demo method: its epochs over the kept lists (`lists/train.jsonl`) at its batch."""
+    with (lists / "train.jsonl").open(encoding="utf-8") as handle:
+        return math.ceil(math.ceil(sum(1 for line in handle if line.strip()) / cfg.batch_size) * cfg.epochs)
+
+
 def train_method(
     cfg: DemoConfig,
     method: str,
@@ -332,8 +338,7 @@ def train_method(
     from perpo.console import TrainLog
     from perpo.trainer import PerPOArguments, run_train
 
-    with (lists / "train.jsonl").open(encoding="utf-8") as handle:
-        steps = math.ceil(math.ceil(sum(1 for line in handle if line.strip()) / cfg.batch_size) * cfg.epochs)
+    steps = optimizer_steps(cfg, lists)
     lr = cfg.lr(method) if lr is None else lr
     beta = cfg.beta(method) if beta is None else beta
     val = lists.parent / "data" / "synth_val.jsonl"  # the demo's layout: <out>/data beside <out>/lists

@@ -19,7 +19,6 @@ shared by SFT, DPO and PerPO; the online methods sample inside their own time).
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from pathlib import Path
@@ -33,12 +32,6 @@ STUDY_ROWS = ("base", "sft", "dpo", "lipo", "perpo", "perpo_iter", "grpo")
 BUDGET_FIELDS = (
     "seed", "data_seed", "base_model", "instructions", "n", "temperature", "margin", "epochs", "batch_size",
 )  # fmt: skip
-
-
-def perpo_steps(cfg, lists: Path) -> int:
-    """Optimizer steps of one demo method: epochs over the kept lists at the demo's batch."""
-    kept = json.loads((lists / "stats.json").read_text())["lists"]["kept"]
-    return math.ceil(math.ceil(kept / cfg.batch_size) * cfg.epochs)
 
 
 def train_perpo_iter(cfg, base: Path, lists: Path, out: Path) -> Path:
@@ -69,10 +62,10 @@ def train_grpo(cfg, base: Path, lists: Path, out: Path) -> Path:
     """GRPO on the demo's instructions (`perpo grpo`), as many optimizer steps as PerPO's; returns the adapter."""
     from trl import GRPOConfig
 
+    from perpo.embedded.demo import optimizer_steps
     from perpo.grpo import GRPOArguments, run_grpo
 
-    instructions = sum(1 for line in (lists / "instructions.jsonl").open() if line.strip())
-    groups = max(1, round(instructions / perpo_steps(cfg, lists)))
+    groups = max(1, round(count_lines(lists / "instructions.jsonl") / optimizer_steps(cfg, lists)))
     shutil.rmtree(out, ignore_errors=True)
     config = GRPOConfig(
         output_dir=str(out), num_generations=cfg.n, per_device_train_batch_size=cfg.n,
@@ -91,10 +84,15 @@ def train_grpo(cfg, base: Path, lists: Path, out: Path) -> Path:
     return run_grpo(args, config, [TrainLog(out / "train_log.jsonl", label)])
 
 
-def budget_row(method: str, out: Path, cfg, sample_seconds: float) -> dict:
+def count_lines(path: Path) -> int:
+    """Non-empty lines of a JSONL file."""
+    with path.open(encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def budget_row(method: str, out: Path, cfg, sample_seconds: float, instructions: int) -> dict:
     """Generated responses, optimizer steps and wall-clock of one method's training (what each includes)."""
     models = out / "models"
-    instructions = sum(1 for line in (out / "lists" / "instructions.jsonl").open() if line.strip())
     if method == "base":
         return {}
     if method == "grpo":
@@ -173,10 +171,12 @@ def run_online_study(cfg, out: Path, threads: int) -> dict:
     evaluate_models(cfg, data, base, adapters, out / "eval", threads, include_base=False)
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
     sample_seconds = summary.get("timings_s", {}).get("sample", 0.0)
+    instructions = count_lines(lists / "instructions.jsonl")
     rows = {}
     for method in STUDY_ROWS:
         if (out / "eval" / method / "results.json").is_file():
-            rows[method] = scores(out / "eval" / method) | budget_row(method, out, cfg, sample_seconds)
+            budget = budget_row(method, out, cfg, sample_seconds, instructions)
+            rows[method] = scores(out / "eval" / method) | budget
     table = online_table(rows)
     (out / "report").mkdir(parents=True, exist_ok=True)
     (out / "report" / "online.md").write_text(table)
