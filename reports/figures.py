@@ -26,7 +26,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from perpo.io import atomic_open  # noqa: E402
-from reports.load import METHOD_LABELS, METHOD_ORDER, ResultSet  # noqa: E402
+from reports.load import METHOD_COLORS, METHOD_LABELS, METHOD_ORDER, ResultSet  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +59,13 @@ def best_of_n_figure(results: ResultSet, metric: str = "ap50") -> Figure | None:
     curve["k"] = curve.metric.str.extract(rf"{metric}_bo(\d+)", expand=False).astype(int)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     scale = _scale(metric)
-    for (run, task), part in curve.groupby(["run", "task"], sort=False):
+    lines = curve.groupby(["run", "task"], sort=False)
+    # a method's colour where it names one line; several runs of one method keep matplotlib's cycle apart
+    methods = [part.method.iloc[0] for _, part in lines]
+    for ((run, task), part), method in zip(lines, methods, strict=True):
         part = part.sort_values("k")
-        ax.plot(part.k, part.value * scale, marker="o", markersize=3, label=f"{run} · {task}")
+        color = METHOD_COLORS.get(method) if methods.count(method) == 1 else None
+        ax.plot(part.k, part.value * scale, marker="o", markersize=3, label=f"{run} · {task}", color=color)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("samples per prompt N (best of N)")
     ax.set_ylabel(f"best-of-N {METRIC_LABELS.get(metric, metric)}")
@@ -151,7 +155,8 @@ def sweep_figure(results: ResultSet, field: str, series: Sequence[tuple[str, str
             part = data[(data.task == task) & (data.metric == metric) & (data.method == method)]
             part = part.groupby(field, as_index=False)["value"].mean().sort_values(field)
             if not part.empty:
-                ax.plot(part[field], part.value * scale, marker="o", label=METHOD_LABELS.get(method, method))
+                label, color = METHOD_LABELS.get(method, method), METHOD_COLORS.get(method)
+                ax.plot(part[field], part.value * scale, marker="o", label=label, color=color)
         if field == "n":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(SWEEP_FIELDS.get(field, field))

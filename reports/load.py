@@ -74,6 +74,17 @@ METHOD_LABELS = {
 }
 """Display names of the methods (`perpo train --loss` names, `perpo grpo`, iterative PerPO); any other method string
 is shown as given."""
+METHOD_COLORS = {
+    "base": "#7f7f7f",
+    "sft": "#1f77b4",
+    "dpo": "#ff7f0e",
+    "lipo": "#9467bd",
+    "listwise": "#8c564b",
+    "perpo": "#d62728",
+    "perpo_iter": "#e377c2",
+    "grpo": "#2ca02c",
+}
+"""One colour per method, the same in every figure (matplotlib's tab10; PerPO red, its iterative form pink)."""
 METHOD_ORDER = ("base", "sft", "dpo", "lipo", "listwise", "perpo", "perpo_iter", "grpo")
 """Row order of methods in the tables (the paper's: base, +SFT, +DPO, +PerPO)."""
 

@@ -3,6 +3,13 @@
     perpo demo --seed 0 --out runs/demo_seed0     # and --seed 1, --seed 2
     python scripts/demo_seeds.py runs/demo_seed0 runs/demo_seed1 runs/demo_seed2 [--out runs/demo_seeds.md]
     python scripts/demo_seeds.py --table-from docs/results/miniature_seeds.json [--readme README.md]
+    python scripts/demo_seeds.py --study online runs/demo_seed0 runs/demo_seed1 runs/demo_seed2 [--readme README.md]
+
+The online study (`perpo demo --study online`, then `--study online` here) adds iterative PerPO and GRPO to the
+table, pairs each against PerPO (`gain vs PerPO`), and shows each method's budget from the demo's online_study.json:
+generated responses, optimizer steps and train wall-clock (docs/results/online_study_seeds.json, README block
+`<!-- online-study:begin -->` ... `<!-- online-study:end -->`). Without it the table is the default demo's: the
+online methods' eval folders are not read.
 
 The OCR track (`perpo demo --track ocr`) works the same way on its folders: edit distance on the test pages in
 place of AP@50 (lower is better, shown as it is, not in percent), docs/results/miniature_ocr_seeds.json, and the
@@ -13,7 +20,8 @@ Reads every `<demo>/eval/<method>/` folder through `reports.load` (the same load
 prints two tables: the per-seed detail (mean ± sd over seeds of every column, the gain over the base paired by
 seed, AP@50 per seed) and the results table of the README, which it also saves as JSON (`--json`, default
 docs/results/miniature_seeds.json; not written by default when a demo ran with `--quick`, so a smoke run never
-replaces the record).
+replaces the record). Beside the JSON, a PNG of the same name draws the best-of-k curves (k = 1..20, mean ± sd
+over seeds) of the methods evaluated best-of-N.
 
 Gains and their 95% intervals. Per seed, every model is scored on the same test documents (lmms-eval samples of
 `perpo_synth_test`, `ap50` 0/1 per document). The gain of a model over the base (and of PerPO over DPO) is the
@@ -34,16 +42,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from perpo.embedded.demo import LABELS
+from perpo.embedded.online_study import ONLINE_METHODS
 from perpo.io import atomic_open, write_json
-from reports.load import METHOD_ORDER, RunSpec, load_results
+from reports.load import METHOD_COLORS, METHOD_LABELS, METHOD_ORDER, RunSpec, load_results
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,16 @@ class Track:
     what: str  # the first words of the tables' captions
     default_json: Path
     markers: tuple[str, str]  # the README block this track's table replaces
+    reference: str = "dpo"  # the second paired gain: these methods against this one
+    against_reference: tuple[str, ...] = ("perpo",)
+    skip: tuple[str, ...] = ()  # eval folders of these methods are not read
+    budget: dict[str, str] = field(default_factory=dict)  # column → key of an `online_study.json` row
+    integer_columns: tuple[str, ...] = ()  # shown without decimals
+    curve: tuple[str, str] | None = None  # (best-of-N task, metric): its `<metric>_bo1`.. curve, mean over seeds
+
+    @property
+    def digits_of(self) -> dict[str, int]:
+        return {name: 0 if name in self.integer_columns else self.digits for name in self.json_keys}
 
     @property
     def headline(self) -> str:
@@ -96,6 +116,8 @@ TRACKS = {
         what="AP@50 (%) on the synthetic test split",
         default_json=Path("docs/results/miniature_seeds.json"),
         markers=("<!-- miniature-seeds:begin -->", "<!-- miniature-seeds:end -->"),
+        curve=("perpo_synth_test_bon20", "ap50"),
+        skip=ONLINE_METHODS,  # the default demo's table; `--study online` has its own
     ),
     "ocr": Track(
         name="ocr",
@@ -122,9 +144,30 @@ TRACKS = {
         what="Normalised edit distance (lower is better) on the synthetic test pages",
         default_json=Path("docs/results/miniature_ocr_seeds.json"),
         markers=("<!-- miniature-ocr-seeds:begin -->", "<!-- miniature-ocr-seeds:end -->"),
+        curve=("perpo_fox_en_page_bon20", "edit_dist"),
     ),
 }
 GROUNDING = TRACKS["grounding"]
+_BUDGET = {"generated responses": "generated", "optimizer steps": "steps", "train wall-clock (s)": "seconds"}
+_BUDGET_JSON = {
+    "generated responses": "generated",
+    "optimizer steps": "steps",
+    "train wall-clock (s)": "train_seconds",
+}
+TRACKS["online"] = replace(
+    GROUNDING,
+    name="online",
+    json_keys=GROUNDING.json_keys | _BUDGET_JSON,
+    readme_extra=("AP@50 blank image", "best-of-20 first", "best-of-20 oracle", *_BUDGET),
+    what="The online study (`perpo demo --study online`): AP@50 (%) on the synthetic test split",
+    default_json=Path("docs/results/online_study_seeds.json"),
+    markers=("<!-- online-study:begin -->", "<!-- online-study:end -->"),
+    reference="perpo",
+    against_reference=ONLINE_METHODS,
+    skip=(),
+    budget=_BUDGET,
+    integer_columns=tuple(_BUDGET),
+)
 DEFAULT_JSON = GROUNDING.default_json
 BEGIN, END = GROUNDING.markers
 
@@ -140,6 +183,8 @@ class Loaded:
     docs: dict[int, dict[str, dict[str, float]]]
     quick: bool
     track: Track = GROUNDING
+    shared_sampling_s: list[float] = field(default_factory=list)  # per seed: the offline pass SFT..PerPO share
+    curves: dict[str, dict[int, list[float]]] = field(default_factory=dict)  # method → seed → best-of-k, k = 1..N
 
 
 def _doc_id(sample: dict) -> str:
@@ -147,9 +192,12 @@ def _doc_id(sample: dict) -> str:
     return str(record.get("id", f"doc{sample.get('doc_id')}"))
 
 
-def load(demos: Sequence[Path]) -> Loaded:
-    """Read every `<demo>/eval/<method>/` of every demo folder (one folder per seed)."""
+def load(demos: Sequence[Path], study: str = "") -> Loaded:
+    """Read every `<demo>/eval/<method>/` of every demo folder (one folder per seed); with `study="online"`, also
+    the methods of `perpo demo --study online` and the budget of each from `<demo>/online_study.json`."""
     specs, seeds, seed_of, quick, tracks = [], {}, {}, False, set()
+    budgets: dict[int, dict] = {}
+    sampling = []
     for demo in demos:
         saved = json.loads((demo / "demo_config.json").read_text())
         config = saved.get("DemoConfig") or saved["OCRDemoConfig"]
@@ -159,6 +207,15 @@ def load(demos: Sequence[Path]) -> Loaded:
         if seed in seeds:
             raise SystemExit(f"{demo} and {seeds[seed]} both ran seed {seed}: give one demo folder per seed")
         seeds[seed] = demo
+        if study:
+            if config.get("track", "grounding") != "grounding":
+                raise SystemExit(f"{demo}: --study {study} compares grounding demos, not {config['track']} ones")
+            study_file = demo / "online_study.json"
+            if not study_file.is_file():
+                raise SystemExit(f"{study_file} is missing: run `perpo demo --study online --out {demo}` first")
+            budgets[seed] = json.loads(study_file.read_text())["rows"]
+            timings = json.loads((demo / "summary.json").read_text()).get("timings_s", {})
+            sampling.append(float(timings.get("sample", 0.0)))
         for folder in sorted(p for p in (demo / "eval").iterdir() if p.is_dir()):
             label = f"{folder.name} seed {seed}"
             specs.append(RunSpec(path=str(folder), label=label, method=folder.name))
@@ -166,13 +223,26 @@ def load(demos: Sequence[Path]) -> Loaded:
     if len(tracks) != 1:
         raise SystemExit(f"the demo folders mix tracks ({', '.join(sorted(tracks))}): give one track's seeds")
     track = TRACKS[tracks.pop()]
+    if study:
+        track = TRACKS[study]
+    specs = [spec for spec in specs if spec.method not in track.skip]
     results = load_results(specs)
     frame = results.frame
-    rows = []
+    rows, curves = [], {}
     for (method, label), part in frame.groupby(["method", "run"]):
         values = {(t, m): v for t, m, v in zip(part["task"], part["metric"], part["value"], strict=True)}
         row = {"method": method, "seed": seed_of[label]}
         row |= {name: track.scale * values[key] for name, key in track.columns.items() if key in values}
+        if track.curve:
+            task, metric = track.curve
+            ks = sorted(
+                int(m[len(metric) + 3 :]) for t, m in values if t == task and re.fullmatch(rf"{metric}_bo\d+", m)
+            )
+            if ks == list(range(1, len(ks) + 1)) and ks:
+                curve = [track.scale * values[task, f"{metric}_bo{k}"] for k in ks]
+                curves.setdefault(method, {})[row["seed"]] = curve
+        budget = budgets.get(row["seed"], {}).get(method, {})
+        row |= {name: float(budget[key]) for name, key in track.budget.items() if budget.get(key) is not None}
         rows.append(row)
     docs: dict[int, dict[str, dict[str, float]]] = {}
     for run in results.runs:
@@ -181,7 +251,7 @@ def load(demos: Sequence[Path]) -> Loaded:
             per_doc = {_doc_id(s): track.scale * float(s[track.metric]) for s in samples if track.metric in s}
             docs.setdefault(seed_of[run.label], {})[str(run.meta["method"])] = per_doc
     table = pd.DataFrame(rows).sort_values(["seed", "method"]).reset_index(drop=True)
-    return Loaded(table, docs, quick, track)
+    return Loaded(table, docs, quick, track, sampling, curves)
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -278,12 +348,21 @@ def summary_json(loaded: Loaded, replicates: int = 10_000, bootstrap_seed: int =
         else:
             mean, ci = bootstrap_gain(own, base_scores, [counts[s] for s in seeds])
             entry["gain_vs_base_mean"], entry["gain_vs_base_ci95"] = _r(mean), [_r(ci[0]), _r(ci[1])]
-        if method == "perpo" and "dpo" in present:
-            mean, ci = bootstrap_gain(own, scores("dpo"), [counts[s] for s in seeds])
-            entry["gain_vs_dpo_mean"], entry["gain_vs_dpo_ci95"] = _r(mean), [_r(ci[0]), _r(ci[1])]
+        if method in track.against_reference and track.reference in present:
+            mean, ci = bootstrap_gain(own, scores(track.reference), [counts[s] for s in seeds])
+            key = f"gain_vs_{track.reference}"
+            entry[f"{key}_mean"], entry[f"{key}_ci95"] = _r(mean), [_r(ci[0]), _r(ci[1])]
+        curve = loaded.curves.get(method, {})
+        if sorted(curve) == seeds and len({len(c) for c in curve.values()}) == 1:  # every seed, one N
+            stacked = np.array([curve[s] for s in seeds])
+            entry["best_of_k_mean"] = [_r(v) for v in stacked.mean(axis=0)]
+            entry["best_of_k_sd"] = [_r(v) for v in stacked.std(axis=0, ddof=1)] if len(seeds) > 1 else None
         entry["bootstrap_replicates"] = replicates
         methods[method] = entry
-    return {"methods": methods, "seeds": seeds, "track": track.name}
+    summary = {"methods": methods, "seeds": seeds, "track": track.name}
+    if loaded.shared_sampling_s:
+        summary["shared_sampling_seconds_mean"] = _r(float(np.mean(loaded.shared_sampling_s)))
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -292,15 +371,15 @@ def summary_json(loaded: Loaded, replicates: int = 10_000, bootstrap_seed: int =
 def _mean_sd(values: pd.Series, sign: str = "", digits: int = 1) -> str:
     if values.empty:
         return "–"
-    mean = f"{values.mean():{sign}.{digits}f}"
-    return mean if len(values) < 2 else f"{mean} ± {values.std(ddof=1):.{digits}f}"
+    mean = f"{values.mean():{sign},.{digits}f}"
+    return mean if len(values) < 2 else f"{mean} ± {values.std(ddof=1):,.{digits}f}"
 
 
 def summarise(table: pd.DataFrame, track: Track = GROUNDING) -> str:
     """Markdown: mean ± sd over seeds per method, the gain over the base paired by seed, and the per-seed headline."""
     order = [m for m in METHOD_ORDER if m in set(table["method"])]
     headline, digits = track.headline, track.digits
-    columns = [name for name in track.columns if name in table and table[name].notna().any()]
+    columns = [name for name in (*track.columns, *track.budget) if name in table and table[name].notna().any()]
     base = table[table["method"] == "base"].set_index("seed")[headline]
     lines = [
         f"{track.what} over seeds {sorted(set(table['seed']))}: mean ± sd.",
@@ -311,7 +390,7 @@ def summarise(table: pd.DataFrame, track: Track = GROUNDING) -> str:
     for method in order:
         part = table[table["method"] == method].set_index("seed").sort_index()
         cells = [
-            _mean_sd(part[name].dropna() if name in part else pd.Series(dtype=float), digits=digits)
+            _mean_sd(part[name].dropna() if name in part else pd.Series(dtype=float), digits=track.digits_of[name])
             for name in columns
         ]
         gain = (part[headline] - base.reindex(part.index)).dropna()
@@ -325,7 +404,7 @@ def _value(entry: dict, key: str, digits: int = 1) -> str:
     mean, sd = entry.get(f"{key}_mean"), entry.get(f"{key}_sd")
     if mean is None:
         return "–"
-    return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+    return f"{mean:,.{digits}f}" if sd is None else f"{mean:,.{digits}f} ± {sd:,.{digits}f}"
 
 
 def _gain(entry: dict, name: str, digits: int = 1) -> str:
@@ -345,14 +424,23 @@ def results_table(summary: dict) -> str:
         if any(entry.get(f"{keys[name]}_mean") is not None for entry in methods.values())
     ]
     gain = "gain" if track.higher_is_better else "change"  # an edit distance that falls is the good direction
-    header = ["method", track.headline, f"{gain} vs base [95% CI]", f"{gain} vs DPO [95% CI]", *(n for n, _ in extra)]
+    versus = f"{gain} vs {METHOD_LABELS[track.reference]} [95% CI]"
+    header = ["method", track.headline, f"{gain} vs base [95% CI]", versus, *(n for n, _ in extra)]
     replicates = {e.get("bootstrap_replicates") for e in methods.values()} - {None}
     bootstrap = f"{replicates.pop():,} replicates" if len(replicates) == 1 else "bootstrap"
     seeds = ("seed " if len(summary["seeds"]) == 1 else "seeds ") + ", ".join(str(s) for s in summary["seeds"])
     units = "Gains in points" if track.higher_is_better else "Changes in edit distance (negative: fewer errors)"
-    lines = [
+    caption = (
         f"{track.what}, {seeds}: mean ± sd over seeds. {units}, paired per test document, averaged over "
-        f"seeds, with 95% intervals from a bootstrap over test documents ({bootstrap}).",
+        f"seeds, with 95% intervals from a bootstrap over test documents ({bootstrap})."
+    )
+    if summary.get("shared_sampling_seconds_mean") is not None:
+        caption += (
+            " Train wall-clock: the online methods' times include their sampling; SFT, DPO, LiPO-λ and PerPO share "
+            f"one offline sampling pass of {summary['shared_sampling_seconds_mean']:.0f} s, not included."
+        )
+    lines = [
+        caption,
         "",
         "| " + " | ".join(header) + " |",
         "| :--- |" + " ---: |" * (len(header) - 1),
@@ -361,10 +449,41 @@ def results_table(summary: dict) -> str:
     for method in order:
         entry = methods[method]
         cells = [LABELS.get(method, method), _value(entry, keys[track.headline], digits)]
-        cells += [_gain(entry, "gain_vs_base", digits), _gain(entry, "gain_vs_dpo", digits)]
-        cells += [_value(entry, key, digits) for _, key in extra]
+        cells += [_gain(entry, "gain_vs_base", digits), _gain(entry, f"gain_vs_{track.reference}", digits)]
+        cells += [_value(entry, key, track.digits_of[name]) for name, key in extra]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def best_of_k_figure(summary: dict):
+    """The best-of-k curves of the methods that were evaluated best-of-N: mean over seeds, a band of ± sd (one
+    line per method in its report colour); None when no method has a curve."""
+    from matplotlib.ticker import MaxNLocator
+
+    from reports.figures import METRIC_LABELS, plt
+
+    track = TRACKS[summary.get("track", "grounding")]
+    methods = {m: e for m, e in summary["methods"].items() if e.get("best_of_k_mean")}
+    if not methods or track.curve is None:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for method in [m for m in METHOD_ORDER if m in methods] + sorted(set(methods) - set(METHOD_ORDER)):
+        entry, color = methods[method], METHOD_COLORS.get(method)
+        mean = np.array(entry["best_of_k_mean"], dtype=float)
+        ks = np.arange(1, len(mean) + 1)
+        ax.plot(ks, mean, marker="o", markersize=3, color=color, label=METHOD_LABELS.get(method, method))
+        if entry.get("best_of_k_sd"):
+            sd = np.array(entry["best_of_k_sd"], dtype=float)
+            ax.fill_between(ks, mean - sd, mean + sd, color=color, alpha=0.15, linewidth=0)
+    seeds = ("seed " if len(summary["seeds"]) == 1 else "seeds ") + ", ".join(str(s) for s in summary["seeds"])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("samples per prompt k (best of k, oracle reward)")
+    ax.set_ylabel(f"best-of-k {METRIC_LABELS.get(track.curve[1], track.curve[1])}")
+    ax.set_title(f"Best-of-k on the test split ({seeds}: mean ± sd)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def replace_block(text: str, block: str, name: str, markers: tuple[str, str] = (BEGIN, END)) -> str:
@@ -402,6 +521,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         type=Path,
         help=f"write the results JSON here (default: {DEFAULT_JSON}, the OCR track's {TRACKS['ocr'].default_json})",
     )
+    parser.add_argument(
+        "--study",
+        choices=["online"],
+        help="the online study's table (demos run with `perpo demo --study online`): every method with its budget, "
+        f"iterative PerPO and GRPO paired against PerPO; JSON {TRACKS['online'].default_json}",
+    )
     parser.add_argument("--replicates", type=int, default=10_000, help="bootstrap replicates (default 10000)")
     parser.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap draws (default 0)")
     parser.add_argument("--table-from", dest="table_from", type=Path, help="render the README table from this JSON")
@@ -418,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         missing = [str(d) for d in args.demos if not (d / "eval").is_dir()]
         if missing:
             parser.error(f"no eval/ folder in {', '.join(missing)}: run `perpo demo --out DIR` there first")
-        loaded = load(args.demos)
+        loaded = load(args.demos, args.study or "")
         text = summarise(loaded.table, loaded.track)
         print(text)
         if args.out:
@@ -430,6 +555,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"(--quick demo: {default} left as it is; pass --json PATH to save these results)\n")
         else:
             path = write_json(args.json or default, summary)
+            figure = best_of_k_figure(summary)
+            if figure is not None:
+                from reports.figures import save_figure
+
+                print(f"wrote {save_figure(figure, path.with_suffix('.png'))}")
             print(f"wrote {path}\n")
     table = results_table(summary)
     print(table)

@@ -7,12 +7,13 @@ import shutil
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from matplotlib.colors import to_hex
 from matplotlib.container import BarContainer
 from PIL import Image
 from report_helpers import AFTER, BASE, scale_metric, trained_copy
 
 from reports import figures
-from reports.load import load_results
+from reports.load import METHOD_COLORS, load_results
 
 
 @pytest.fixture
@@ -42,6 +43,8 @@ def test_best_of_n_curve_has_one_line_per_run_with_the_logged_curve(results, tmp
         assert ys[0] == pytest.approx(100 * results.value(run.label, "perpo_synth_test_bon20", "ap50_mean"))
         assert ys[-1] == pytest.approx(100 * results.value(run.label, "perpo_synth_test_bon20", "ap50_best"))
     assert len(ax.get_legend().get_texts()) == 2
+    # each method its own colour, the one it has in every figure
+    assert [to_hex(line.get_color()) for line in ax.get_lines()] == [METHOD_COLORS["base"], METHOD_COLORS["perpo"]]
     _png(fig, tmp_path / "bon.png")
     assert figures.best_of_n_figure(results, "edit_dist") is None  # no OCR best-of-N task in these runs
 
@@ -92,6 +95,7 @@ def test_sweeps_draw_one_line_per_method_over_the_training_setting(tmp_path, fie
     assert ax.get_xlabel() == figures.SWEEP_FIELDS[field] and ax.get_ylabel() == "AP@50 (%)"
     lines = ax.get_lines()
     assert [line.get_label() for line in lines] == (["DPO", "PerPO"] if field == "n" else ["PerPO"])
+    assert to_hex(lines[-1].get_color()) == METHOD_COLORS["perpo"]
     xs, ys = lines[-1].get_data()
     assert list(xs) == list(values)
     expected = [100 * 4 / 24 * (i + 1) / len(values) for i in range(len(values))]
@@ -102,3 +106,11 @@ def test_sweeps_draw_one_line_per_method_over_the_training_setting(tmp_path, fie
 
 def test_a_sweep_needs_two_values(results):
     assert figures.sweep_figure(results, "gamma", [("perpo_synth_test", "ap50")]) is None
+
+
+def test_two_runs_of_one_method_keep_apart_in_the_best_of_n_figure(tmp_path):
+    results = load_results([AFTER, trained_copy(tmp_path, "again", loss="perpo")])
+    (ax,) = figures.best_of_n_figure(results).axes
+    colors = [to_hex(line.get_color()) for line in ax.get_lines()]
+    assert len(colors) == 2 and len(set(colors)) == 2  # not both PerPO red
+    plt.close("all")

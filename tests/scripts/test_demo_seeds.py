@@ -254,8 +254,81 @@ def test_the_ocr_track_reads_edit_distances_and_fills_its_own_readme_block(tmp_p
     assert "| + PerPO | 0.310 ± 0.014 | -0.090 [-0.090, -0.090] | -0.165 [-0.165, -0.165] | 0.690 ± 0.014 |" in text
     assert "lower is better" in text  # every page moves by the same amount: the intervals collapse
 
+    with pytest.raises(SystemExit, match="compares grounding demos, not ocr"):
+        demo_seeds.load(demos, "online")
     mixed = [demos[0], tmp_path / "g"]
     (tmp_path / "g" / "eval").mkdir(parents=True)
     (tmp_path / "g" / "demo_config.json").write_text(json.dumps({"DemoConfig": {"seed": 5}}))
     with pytest.raises(SystemExit, match="mix tracks"):
         demo_seeds.load(mixed)
+
+
+def _add_online_study(demo: Path, seed: int, hits: dict[str, int]) -> None:
+    """What `perpo demo --study online` adds to a demo folder: two more eval folders, online_study.json, and the
+    timings of summary.json (the shared sampling pass)."""
+    for method, k in hits.items():
+        folder = demo / "eval" / method
+        _eval_folder(folder, seed, k)
+        results = json.loads((folder / "results.json").read_text())
+        curve = {f"ap50_bo{j},none": min(1.0, k / N_DOCS + 0.05 * (j - 1) + 0.01 * seed) for j in (1, 2, 3)}
+        results["results"]["perpo_synth_test_bon20"] = {"alias": "perpo_synth_test_bon20", **curve}
+        (folder / "results.json").write_text(json.dumps(results))
+    rows = {"base": {"ap50": 40.0}}
+    trained = [m for m in HITS if m != "base"]
+    rows |= {m: {"generated": 20_000, "steps": 147, "seconds": 50.0 + seed, "includes": "+ 50 s"} for m in trained}
+    rows |= {
+        "perpo_iter": {"generated": 20_000, "steps": 147, "seconds": 90.0, "includes": "sampling"},
+        "grpo": {"generated": 19_880, "steps": 142, "seconds": 700.0 + 10 * seed, "includes": "sampling"},
+    }
+    (demo / "online_study.json").write_text(json.dumps({"seed": seed, "rounds": 2, "rows": rows}))
+    (demo / "summary.json").write_text(json.dumps({"timings_s": {"sample": 48.0 + 4 * seed}}))
+
+
+def test_the_online_study_pairs_the_online_methods_with_perpo_and_shows_their_budget(demos, tmp_path, capsys):
+    for seed, demo in enumerate(demos):
+        _add_online_study(demo, seed, {"perpo_iter": 12, "grpo": 16})
+    # the default demo's table does not read the online methods' folders
+    plain = demo_seeds.summary_json(demo_seeds.load(demos), replicates=50)
+    assert list(plain["methods"]) == ["base", "sft", "dpo", "perpo"] and "shared_sampling_seconds_mean" not in plain
+
+    path = tmp_path / "online.json"
+    demo_seeds.main(["--study", "online", *map(str, demos), "--json", str(path), "--replicates", "200"])
+    assert "| grpo |" in capsys.readouterr().out  # the per-seed detail
+    summary = json.loads(path.read_text())
+    methods = summary["methods"]
+    assert summary["track"] == "online" and {"perpo_iter", "grpo"} <= set(methods)
+    assert summary["shared_sampling_seconds_mean"] == 50.0
+    # perpo: 14 and 15 of 20 right; iterative 12 and grpo 16 on both seeds
+    assert methods["perpo_iter"]["gain_vs_perpo_mean"] == pytest.approx(-12.5)
+    assert methods["grpo"]["gain_vs_perpo_mean"] == pytest.approx(7.5)
+    assert "gain_vs_perpo_mean" not in methods["perpo"] and "gain_vs_dpo_mean" not in methods["perpo"]
+    assert methods["grpo"]["train_seconds_mean"] == 705.0 and methods["grpo"]["generated_mean"] == 19_880
+    assert methods["base"].get("steps_mean") is None  # the base is not trained: no budget
+    # the best-of-k curve, mean ± sd over seeds, and its figure beside the JSON
+    assert methods["grpo"]["best_of_k_mean"] == pytest.approx([80.5, 85.5, 90.5])
+    assert methods["grpo"]["best_of_k_sd"] == pytest.approx([0.7071] * 3, abs=1e-4)
+    assert "best_of_k_mean" not in methods["perpo"]  # evaluated greedy only in this fixture
+    figure = demo_seeds.best_of_k_figure(summary)
+    assert [line.get_label() for line in figure.axes[0].get_lines()] == ["PerPO (iterative)", "GRPO"]
+    assert list(figure.axes[0].get_lines()[1].get_ydata()) == pytest.approx([80.5, 85.5, 90.5])
+    assert path.with_suffix(".png").stat().st_size > 10_000
+
+    demo_seeds.main(["--table-from", str(path)])
+    table = capsys.readouterr().out
+    header = next(line for line in table.splitlines() if line.startswith("| method"))
+    assert "gain vs PerPO [95% CI]" in header and header.endswith("| optimizer steps | train wall-clock (s) |")
+    grpo = next(line for line in table.splitlines() if line.startswith("| + GRPO"))
+    assert grpo.endswith("| 19,880 ± 0 | 142 ± 0 | 705 ± 7 |") and "+7.5 [" in grpo
+    assert "offline sampling pass of 50 s" in table
+
+    begin, end = demo_seeds.TRACKS["online"].markers
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{demo_seeds.BEGIN}\nmain\n{demo_seeds.END}\n{begin}\nold\n{end}\n")
+    demo_seeds.main(["--table-from", str(path), "--readme", str(readme)])
+    assert "main\n" in readme.read_text() and "| + PerPO (iterative) |" in readme.read_text()
+
+
+def test_the_online_study_needs_its_json_in_every_folder(demos):
+    _add_online_study(demos[0], 0, {"perpo_iter": 12, "grpo": 16})
+    with pytest.raises(SystemExit, match=r"demo_seed1/online_study\.json is missing.*--study online --out"):
+        demo_seeds.load(demos, "online")
