@@ -27,6 +27,7 @@ import json
 import time
 from pathlib import Path
 
+from perpo.console import quiet_console
 from perpo.embedded.demo import (
     DemoConfig,
     OCRDemoConfig,
@@ -57,7 +58,12 @@ def main() -> None:
     parser.add_argument("--instructions", type=int, default=DemoConfig.instructions)
     parser.add_argument("--quick", action="store_true", help="the demo's --quick scale (for tests)")
     args = parser.parse_args()
+    with quiet_console(args.out / "logs", "search.log"):  # library logs and warnings to a file, bars on screen
+        search(args)
 
+
+def search(args: argparse.Namespace) -> None:
+    """Prepare the lists as the demo does, train and score every trial, write search.json / search.md."""
     config = OCRDemoConfig if args.track == "ocr" else DemoConfig
     cfg = config(out=str(args.out), seed=args.seed, instructions=args.instructions, quick=args.quick)
     args.methods = args.methods or list(cfg.methods)

@@ -96,10 +96,10 @@ class DemoConfig:
     iter_reference: str = opt(
         "base", help="--study online: reference of iterative PerPO, base or previous (each round's starting policy)"
     )
-    lr_perpo_iter: float = opt(1e-4, gt=0, help="--study online: learning rate of iterative PerPO (PerPO's)")
-    beta_perpo_iter: float = opt(0.5, gt=0, help="--study online: β of iterative PerPO (PerPO's)")
-    lr_grpo: float = opt(1e-4, gt=0, help="--study online: learning rate of GRPO (not searched yet)")
-    beta_grpo: float = opt(0.04, ge=0, help="--study online: KL coefficient of GRPO (DeepSeekMath's 0.04)")
+    lr_perpo_iter: float = opt(1e-4, gt=0, help="--study online: learning rate of iterative PerPO (val pick)")
+    beta_perpo_iter: float = opt(0.1, gt=0, help="--study online: β of iterative PerPO (val pick)")
+    lr_grpo: float = opt(1e-4, gt=0, help="--study online: learning rate of GRPO (val pick)")
+    beta_grpo: float = opt(0.0, ge=0, help="--study online: KL coefficient of GRPO (val pick; 0: no reference)")
     threads: int = opt(
         0,
         ge=0,

@@ -111,8 +111,16 @@ def test_quick_demo_runs_every_stage_and_writes_every_artefact(tmp_path, base_mo
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     rows = {line.split(" | ")[0].strip("| "): line for line in seeds.splitlines() if line.startswith("| ")}
-    assert set(rows) >= {"base", "sft", "dpo", "lipo", "perpo"}
+    assert set(rows) >= {"base", "sft", "dpo", "lipo", "perpo"} and "grpo" not in rows  # the default demo's table
     assert rows["perpo"].split(" | ")[-2].startswith(("+", "-"))  # the paired gain over the base
+    # and the online study's, with its budget (a --quick demo's JSON is written only where asked)
+    online = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[2] / "scripts" / "demo_seeds.py"), "--study", "online", str(out),
+         "--json", str(tmp_path / "online_seeds.json"), "--replicates", "100"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    grpo = next(line for line in online.splitlines() if line.startswith("| + GRPO |"))
+    assert f"| {study['rows']['grpo']['steps']} |" in grpo and "gain vs PerPO" in online
 
 
 def test_the_hyper_parameter_search_scores_every_trial_and_resumes(tmp_path, base_model_asset):
@@ -121,7 +129,8 @@ def test_the_hyper_parameter_search_scores_every_trial_and_resumes(tmp_path, bas
         sys.executable, str(Path(__file__).parents[2] / "scripts" / "demo_search.py"), "--out", str(out), "--quick",
         "--methods", "sft", "perpo", "--lrs", "1e-4", "--betas", "0.1", "0.5", "--sft_lrs", "1e-3",
     ]  # fmt: skip
-    subprocess.run(command, capture_output=True, text=True, check=True)
+    first = subprocess.run(command, capture_output=True, text=True, check=True)
+    assert "Warning" not in first.stderr and " INFO " in (out / "logs" / "search.log").read_text()  # logs to a file
     search = json.loads((out / "search.json").read_text())
     assert [(r["method"], r["lr"], r["beta"]) for r in search["rows"]] == [
         ("base", None, None), ("sft", 1e-3, None), ("perpo", 1e-4, 0.1), ("perpo", 1e-4, 0.5)
