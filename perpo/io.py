@@ -84,6 +84,12 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return Path(path)
 
 
+def count_lines(path: str | os.PathLike) -> int:
+    """Non-empty lines of a JSONL file (its records), without parsing them."""
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL file; a malformed line raises ValueError naming the file and line number."""
     rows = []

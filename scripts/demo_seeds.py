@@ -79,9 +79,8 @@ class Track:
     integer_columns: tuple[str, ...] = ()  # shown without decimals
     curve: tuple[str, str] | None = None  # (best-of-N task, metric): its `<metric>_bo1`.. curve, mean over seeds
 
-    @property
-    def digits_of(self) -> dict[str, int]:
-        return {name: 0 if name in self.integer_columns else self.digits for name in self.json_keys}
+    def digits_of(self, column: str) -> int:
+        return 0 if column in self.integer_columns else self.digits
 
     @property
     def headline(self) -> str:
@@ -209,9 +208,9 @@ def load(demos: Sequence[Path], study: str = "") -> Loaded:
             study_file = demo / "online_study.json"
             if not study_file.is_file():
                 raise SystemExit(f"{study_file} is missing: run `perpo demo --study online --out {demo}` first")
-            budgets[seed] = json.loads(study_file.read_text())["rows"]
-            timings = json.loads((demo / "summary.json").read_text()).get("timings_s", {})
-            sampling.append(float(timings.get("sample", 0.0)))
+            study_json = json.loads(study_file.read_text())
+            budgets[seed] = study_json["rows"]
+            sampling.append(float(study_json.get("shared_sampling_seconds", 0.0)))
         for folder in sorted(p for p in (demo / "eval").iterdir() if p.is_dir()):
             label = f"{folder.name} seed {seed}"
             specs.append(RunSpec(path=str(folder), label=label, method=folder.name))
@@ -231,12 +230,13 @@ def load(demos: Sequence[Path], study: str = "") -> Loaded:
         row |= {name: track.scale * values[key] for name, key in track.columns.items() if key in values}
         if track.curve:
             task, metric = track.curve
-            ks = sorted(
-                int(m[len(metric) + 3 :]) for t, m in values if t == task and re.fullmatch(rf"{metric}_bo\d+", m)
-            )
-            if ks == list(range(1, len(ks) + 1)) and ks:
-                curve = [track.scale * values[task, f"{metric}_bo{k}"] for k in ks]
-                curves.setdefault(method, {})[row["seed"]] = curve
+            at = {
+                int(found[1]): v
+                for (t, m), v in values.items()
+                if t == task and (found := re.fullmatch(rf"{metric}_bo(\d+)", m))
+            }
+            if at and sorted(at) == list(range(1, len(at) + 1)):  # the whole curve, k = 1..N
+                curves.setdefault(method, {})[row["seed"]] = [track.scale * at[k] for k in sorted(at)]
         budget = budgets.get(row["seed"], {}).get(method, {})
         row |= {name: float(budget[key]) for name, key in track.budget.items() if budget.get(key) is not None}
         rows.append(row)
@@ -386,7 +386,7 @@ def summarise(table: pd.DataFrame, track: Track = GROUNDING) -> str:
     for method in order:
         part = table[table["method"] == method].set_index("seed").sort_index()
         cells = [
-            _mean_sd(part[name].dropna() if name in part else pd.Series(dtype=float), digits=track.digits_of[name])
+            _mean_sd(part[name].dropna() if name in part else pd.Series(dtype=float), digits=track.digits_of(name))
             for name in columns
         ]
         gain = (part[headline] - base.reindex(part.index)).dropna()
@@ -446,7 +446,7 @@ def results_table(summary: dict) -> str:
         entry = methods[method]
         cells = [LABELS.get(method, method), _value(entry, keys[track.headline], digits)]
         cells += [_gain(entry, "gain_vs_base", digits), _gain(entry, f"gain_vs_{track.reference}", digits)]
-        cells += [_value(entry, key, track.digits_of[name]) for name, key in extra]
+        cells += [_value(entry, key, track.digits_of(name)) for name, key in extra]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -314,8 +314,9 @@ def build_lists(cfg: DemoConfig, lists: Path) -> dict:
 
 def optimizer_steps(cfg: DemoConfig, lists: Path) -> int:
     """Optimizer steps of one demo method: its epochs over the kept lists (`lists/train.jsonl`) at its batch."""
-    with (lists / "train.jsonl").open(encoding="utf-8") as handle:
-        return math.ceil(math.ceil(sum(1 for line in handle if line.strip()) / cfg.batch_size) * cfg.epochs)
+    from perpo.io import count_lines
+
+    return math.ceil(math.ceil(count_lines(lists / "train.jsonl") / cfg.batch_size) * cfg.epochs)
 
 
 def train_method(

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from perpo.config import ConfigError
-from perpo.io import write_json
+from perpo.io import count_lines, write_json
 
 ONLINE_METHODS = ("perpo_iter", "grpo")
 STUDY_ROWS = ("base", "sft", "dpo", "lipo", "perpo", "perpo_iter", "grpo")
@@ -82,12 +82,6 @@ def train_grpo(cfg, base: Path, lists: Path, out: Path) -> Path:
 
     label = f"grpo (lr {cfg.lr('grpo'):g}, β {cfg.beta('grpo'):g}, {groups} groups of {cfg.n} per step)"
     return run_grpo(args, config, [TrainLog(out / "train_log.jsonl", label)])
-
-
-def count_lines(path: Path) -> int:
-    """Non-empty lines of a JSONL file."""
-    with path.open(encoding="utf-8") as handle:
-        return sum(1 for line in handle if line.strip())
 
 
 def budget_row(method: str, out: Path, cfg, sample_seconds: float, instructions: int) -> dict:
@@ -180,6 +174,7 @@ def run_online_study(cfg, out: Path, threads: int) -> dict:
     table = online_table(rows)
     (out / "report").mkdir(parents=True, exist_ok=True)
     (out / "report" / "online.md").write_text(table)
-    write_json(out / "online_study.json", {"seed": cfg.seed, "rounds": cfg.rounds, "rows": rows})
+    study = {"seed": cfg.seed, "rounds": cfg.rounds, "shared_sampling_seconds": sample_seconds, "rows": rows}
+    write_json(out / "online_study.json", study)
     print("\n" + table)
     return rows

@@ -264,8 +264,8 @@ def test_the_ocr_track_reads_edit_distances_and_fills_its_own_readme_block(tmp_p
 
 
 def _add_online_study(demo: Path, seed: int, hits: dict[str, int]) -> None:
-    """What `perpo demo --study online` adds to a demo folder: two more eval folders, online_study.json, and the
-    timings of summary.json (the shared sampling pass)."""
+    """What `perpo demo --study online` adds to a demo folder: two more eval folders and online_study.json (with the
+    time of the offline sampling pass SFT..PerPO share)."""
     for method, k in hits.items():
         folder = demo / "eval" / method
         _eval_folder(folder, seed, k)
@@ -280,8 +280,8 @@ def _add_online_study(demo: Path, seed: int, hits: dict[str, int]) -> None:
         "perpo_iter": {"generated": 20_000, "steps": 147, "seconds": 90.0, "includes": "sampling"},
         "grpo": {"generated": 19_880, "steps": 142, "seconds": 700.0 + 10 * seed, "includes": "sampling"},
     }
-    (demo / "online_study.json").write_text(json.dumps({"seed": seed, "rounds": 2, "rows": rows}))
-    (demo / "summary.json").write_text(json.dumps({"timings_s": {"sample": 48.0 + 4 * seed}}))
+    study = {"seed": seed, "rounds": 2, "shared_sampling_seconds": 48.0 + 4 * seed, "rows": rows}
+    (demo / "online_study.json").write_text(json.dumps(study))
 
 
 def test_the_online_study_pairs_the_online_methods_with_perpo_and_shows_their_budget(demos, tmp_path, capsys):
