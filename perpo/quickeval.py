@@ -92,12 +92,19 @@ def evaluate_grounding(
 
 
 def evaluate_ocr(
-    model, processor, records: Sequence[dict], *, batch_size: int = 32, max_new_tokens: int = 64
-) -> dict[str, float]:
+    model,
+    processor,
+    records: Sequence[dict],
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+    per_page: bool = False,
+) -> dict:
     """Mean normalised edit distance (lower is better) and exact-page share of greedy transcriptions.
 
     Args:
         records: OCR instruction records (`perpo.data.sources.fox_instructions`): image path, question, target.
+        per_page: also return `distances`, each record's edit distance in order (for paired comparisons).
     """
     was_training = model.training
     model.eval()
@@ -115,4 +122,5 @@ def evaluate_ocr(
             exact += answer == record["target"]
     model.train(was_training)
     n = max(len(records), 1)
-    return {"edit_dist": sum(distances) / n, "exact": exact / n, "n": float(len(records))}
+    scores = {"edit_dist": sum(distances) / n, "exact": exact / n, "n": float(len(records))}
+    return scores | {"distances": distances} if per_page else scores

@@ -56,6 +56,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=None, help="default: the track's demo methods")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--instructions", type=int, default=DemoConfig.instructions)
+    parser.add_argument(
+        "--base_model",
+        default=None,
+        help="start every trial from this model folder instead of the track's committed base (the saturation "
+        "study searches each warm-up level this way: scripts/demo_study_saturation.py)",
+    )
     parser.add_argument("--quick", action="store_true", help="the demo's --quick scale (for tests)")
     args = parser.parse_args()
     with quiet_console(args.out / "logs", "search.log"):  # library logs and warnings to a file, bars on screen
@@ -66,6 +72,8 @@ def search(args: argparse.Namespace) -> None:
     """Prepare the lists as the demo does, train and score every trial, write search.json / search.md."""
     config = OCRDemoConfig if args.track == "ocr" else DemoConfig
     cfg = config(out=str(args.out), seed=args.seed, instructions=args.instructions, quick=args.quick)
+    if args.base_model:
+        cfg = dataclasses.replace(cfg, base_model=str(args.base_model))
     args.methods = args.methods or list(cfg.methods)
     data, base = prepare_base(cfg, args.out)
     lists = args.out / "lists"
