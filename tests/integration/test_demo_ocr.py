@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,26 +88,55 @@ def test_quick_ocr_demo_runs_every_stage_and_writes_every_artefact(tmp_path):
     assert "[6/6] report" in printed and "{'loss'" not in printed
 
 
-def test_the_ocr_search_scores_every_trial_on_val_pages(tmp_path):
-    out = tmp_path / "search"
+def test_the_saturation_study_searches_from_each_base_and_scores_every_trial_on_val_pages(tmp_path):
+    """scripts/demo_study_saturation.py on one base level (a copy of the committed OCR base, so it runs the OCR
+    search with --base_model); then the same search widened with one more learning rate scores only that trial."""
+    level = tmp_path / "level_a"
+    shutil.copytree(ROOT / "perpo" / "assets" / "tiny_llava_ocr", level)
+    study = tmp_path / "study"
     command = [
-        sys.executable, str(ROOT / "scripts" / "demo_search.py"), "--track", "ocr", "--out", str(out), "--quick",
-        "--methods", "sft", "--sft_lrs", "1e-3", "3e-3",
+        sys.executable, str(ROOT / "scripts" / "demo_study_saturation.py"), str(level), "--out", str(study),
+        "--quick", "--methods", "sft", "--sft_lrs", "1e-3", "3e-3",
     ]  # fmt: skip
-    subprocess.run(command, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = study / "search_level_a"
     search = json.loads((out / "search.json").read_text())
+    assert search["config"]["base_model"] == str(level)
     assert [(r["method"], r["lr"]) for r in search["rows"]] == [("base", None), ("sft", 1e-3), ("sft", 3e-3)]
     best = min(search["rows"][1:], key=lambda r: r["edit_dist"])
     assert search["best_lr"]["sft"] == {"lr": best["lr"], "beta": None}
     assert all(0 <= r["edit_dist"] <= 1 and 0 <= r["train_lists_edit_dist"] <= 1 for r in search["rows"])
     assert "val edit distance" in (out / "search.md").read_text()
+
+    (summary,) = json.loads((study / "saturation.json").read_text())["levels"]
+    assert summary["warmup_pages"] == 1000 * 32 and summary["val_pages"] == 24  # the asset's warm-up; quick val
+    assert summary["seeds"] == [0]
+    # page-by-page scores agree with the search's own means, and the paired difference with its interval
+    assert summary["base"]["edit_dist"] == pytest.approx(search["rows"][0]["edit_dist"], abs=1e-4)
+    sft = summary["methods"]["sft"]
+    assert sft["edit_dist"] == pytest.approx(best["edit_dist"], abs=1e-4)
+    assert sft["vs_base"]["ci95"][0] <= sft["vs_base"]["mean"] <= sft["vs_base"]["ci95"][1]
+    assert "perpo_vs_sft" not in summary and "level_a" in (study / "saturation.md").read_text()
+    Image.open(study / "saturation.png").verify()
+
     # a wider search scores only its new trial: the others' scores are kept beside their adapters
     cached = out / "models" / "sft_lr0.001" / "ocr_scores.json"
     written = cached.stat().st_mtime_ns
-    subprocess.run([*command, "1e-2"], capture_output=True, text=True, check=True)
+    search_command = [
+        sys.executable, str(ROOT / "scripts" / "demo_search.py"), "--track", "ocr", "--out", str(out), "--quick",
+        "--base_model", str(level), "--methods", "sft", "--sft_lrs", "1e-3", "3e-3", "1e-2",
+    ]  # fmt: skip
+    subprocess.run(search_command, capture_output=True, text=True, check=True)
     assert cached.stat().st_mtime_ns == written
     rows = json.loads((out / "search.json").read_text())["rows"]
     assert [r["lr"] for r in rows] == [None, 1e-3, 3e-3, 1e-2] and rows[:3] == search["rows"]
+
+    # the search folder is tied to its base: another base with the same folder name is refused
+    other = tmp_path / "other" / "level_a"
+    shutil.copytree(level, other)
+    refused = subprocess.run([*command[:2], str(other), *command[3:]], capture_output=True, text=True)
+    assert refused.returncode != 0 and "holds the search of" in refused.stderr
 
 
 def test_a_yaml_track_ocr_without_the_flag_is_refused(tmp_path):
