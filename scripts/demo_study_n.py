@@ -116,10 +116,7 @@ def table(study: dict, split: str, methods: list[str]) -> str:
 
 def figure(study: dict, split: str, methods: list[str], path: Path) -> Path:
     """AP@50 against N, one line per method, the base as a dashed horizontal line; written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from reports.figures import plt, save_figure  # matplotlib on the Agg backend
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ns = sorted({c["n"] for c in study["cells"] if c["split"] == split and c["n"] is not None})
@@ -140,10 +137,7 @@ def figure(study: dict, split: str, methods: list[str], path: Path) -> Path:
     ax.set_title("PerPO vs DPO as the list grows")
     ax.legend(frameon=False)
     fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

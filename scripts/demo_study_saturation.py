@@ -217,10 +217,9 @@ def table(levels: list[dict], methods: list[str]) -> str:
 def figure(levels: list[dict], methods: list[str], path: Path) -> Path:
     """Left: val edit distance against warm-up pages (base, best of 20, each method). Right: each method's gain
     over its base with 95% intervals, the area between PerPO and SFT shaded (Figure 5's light region)."""
-    import matplotlib
+    import matplotlib.ticker
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from reports.figures import plt, save_figure  # matplotlib on the Agg backend
 
     x = [level["warmup_pages"] or index for index, level in enumerate(levels)]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -251,10 +250,7 @@ def figure(levels: list[dict], methods: list[str], path: Path) -> Path:
     left.legend(frameon=False, fontsize=8)
     right.legend(frameon=False, fontsize=8)
     fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
