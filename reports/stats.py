@@ -1,6 +1,8 @@
 """Paired bootstrap over documents: the 95% intervals of the demo studies.
 
-Used by scripts/demo_seeds.py (seeds pooled) and scripts/demo_study_saturation.py (one seed per base).
+Used by scripts/demo_seeds.py and scripts/demo_study_saturation.py, both with seeds pooled. The documents are what
+a replicate resamples: seeds scored on the same documents share one draw (`seed_resamples`), so a replicate that
+leaves a document out leaves it out of every seed, and the spread between documents is not averaged away.
 """
 
 from __future__ import annotations
@@ -15,6 +17,20 @@ def resample_counts(n_docs: int, replicates: int, rng: np.random.Generator) -> n
     return rng.multinomial(n_docs, np.full(n_docs, 1.0 / n_docs), size=replicates).astype(np.int32)
 
 
+def seed_resamples(documents: Sequence[Sequence], replicates: int, seed: int) -> list[np.ndarray]:
+    """Per seed, `resample_counts` over its documents (`documents[i]`: seed i's document ids, in scoring order).
+
+    Seeds whose documents are the same ids in the same order share one draw; seeds on other documents get draws
+    of their own (independent, seeded by `seed` and the order in which their document list first appears).
+    """
+    draws: dict[tuple, np.ndarray] = {}
+    for docs in documents:
+        key = tuple(docs)
+        if key not in draws:
+            draws[key] = resample_counts(len(key), replicates, np.random.default_rng([seed, len(draws)]))
+    return [draws[tuple(docs)] for docs in documents]
+
+
 def bootstrap_gain(
     after: Sequence[np.ndarray],
     before: Sequence[np.ndarray],
@@ -24,7 +40,8 @@ def bootstrap_gain(
 
     Args:
         after, before: per seed, the per-document scores of the two models, aligned (same documents, same order).
-        counts: per seed, `resample_counts(len(documents), R, rng)`; the same draws serve every comparison.
+        counts: per seed, `resample_counts(len(documents), R, rng)` (`seed_resamples` for several seeds); the same
+            draws serve every comparison.
 
     Returns:
         The gain on the documents as they are, and `[lo, hi]`: the 2.5% and 97.5% quantiles of the R replicates.

@@ -26,9 +26,10 @@ over seeds) of the methods evaluated best-of-N.
 Gains and their 95% intervals. Per seed, every model is scored on the same test documents (lmms-eval samples of
 `perpo_synth_test`, `ap50` 0/1 per document). The gain of a model over the base (and of PerPO over DPO) is the
 per-document difference, averaged over the documents of a seed and then over seeds. Its interval is a paired
-percentile bootstrap over test documents: each replicate resamples the documents of every seed with replacement
-(the same resampled documents for both models, and for every comparison, within a seed), computes the gain on
-them, and averages over seeds; 2.5% and 97.5% quantiles of `--replicates` replicates (numpy, fixed
+percentile bootstrap over test documents: each replicate resamples the test documents with replacement (the same
+resampled documents for both models and for every comparison; seeds scored on the same documents, as the demo's
+seeds are, share the draw, so a replicate without a document lacks it in every seed), computes the gain on them,
+and averages over seeds; 2.5% and 97.5% quantiles of `--replicates` replicates (numpy, fixed
 `--bootstrap_seed`). It measures how much the gain could move with other test expressions, given these trained
 models; the sd over seeds shows how much it moves with other training runs. A single run's standard error on the
 367 test expressions is about 2.6 points of AP@50.
@@ -54,7 +55,7 @@ from perpo.embedded.demo import LABELS
 from perpo.embedded.online_study import ONLINE_METHODS
 from perpo.io import atomic_open, write_json
 from reports.load import METHOD_COLORS, METHOD_LABELS, METHOD_ORDER, RunSpec, load_results
-from reports.stats import bootstrap_gain, resample_counts
+from reports.stats import bootstrap_gain, seed_resamples
 
 
 @dataclass(frozen=True)
@@ -274,7 +275,7 @@ def summary_json(loaded: Loaded, replicates: int = 10_000, bootstrap_seed: int =
     if missing:
         raise SystemExit(f"no base run with {task} samples for seed(s) {missing}: the gains are paired with the base")
     order = {s: sorted(docs[s]["base"]) for s in seeds}  # the documents of each seed, in a fixed order
-    counts = {s: resample_counts(len(order[s]), replicates, np.random.default_rng([bootstrap_seed, s])) for s in seeds}
+    counts = dict(zip(seeds, seed_resamples([order[s] for s in seeds], replicates, bootstrap_seed), strict=True))
 
     def scores(method: str) -> list[np.ndarray]:
         out = []
