@@ -37,7 +37,7 @@ from perpo.config import ConfigError
 from perpo.console import quiet_console
 from perpo.io import atomic_open, write_json
 from reports.load import METHOD_COLORS, METHOD_LABELS
-from reports.stats import bootstrap_gain, resample_counts
+from reports.stats import bootstrap_gain, seed_resamples
 
 SEARCH = Path(__file__).resolve().parent / "demo_search.py"
 REPLICATES = 10_000
@@ -71,14 +71,14 @@ def run_search(level: Path, folder: Path, args: argparse.Namespace, seed: int, g
 
     `grid` ({"methods", "sft_lrs", "lrs", "betas"}) overrides the study's trials (a later seed's picks)."""
     grid = grid or {key: getattr(args, key) for key in ("methods", "sft_lrs", "lrs", "betas")}
-    tied = folder / "level.json"
-    if tied.is_file() and json.loads(tied.read_text())["model"] != str(level.resolve()):
+    tied, tie = folder / "level.json", {"model": str(level.resolve()), "seed": seed, "quick": args.quick}
+    if tied.is_file() and (held := json.loads(tied.read_text())) != tie:  # its lists and trials belong to that
         raise ConfigError(
-            f"{folder} holds the search of {json.loads(tied.read_text())['model']}, not {level}: "
-            "give another --out, or remove that folder"
+            f"{folder} holds the search of {held} (base, seed, quick), not of {tie}: give another --out, or "
+            "remove that folder"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(tied, {"model": str(level.resolve())})
+    write_json(tied, tie)
     command = [
         sys.executable, str(SEARCH), "--track", "ocr", "--out", str(folder), "--base_model", str(level),
         "--methods", *grid["methods"], "--sft_lrs", *map(str, grid["sft_lrs"]), "--lrs", *map(str, grid["lrs"]),
@@ -109,21 +109,27 @@ def page_distances(folder: Path, adapter: Path | None) -> list[float]:
 
 
 def run_level(level: Path, args: argparse.Namespace) -> dict[int, Path]:
-    """The search from `level` with the first seed, then each method's pick again with every further seed; the
-    folder of each seed. A preference method's pick runs alone (its lr × β grid would cross another's)."""
+    """The search from `level` with the first seed, then the picks again with every further seed; the folder of
+    each seed. The picks run in one search when they fit one grid (SFT's learning rate, and every preference
+    method at the same lr and β); otherwise one search per distinct preference pick (an lr × β grid would cross
+    two picks), so such a folder's search.json lists only its last search."""
     first, *others = args.seeds
     folders = {first: args.out / f"search_{level.name}"}
     picks = run_search(level, folders[first], args, first)["best_lr"]
+    groups: dict[tuple, list[str]] = {}  # (lr, β) of a preference method's pick -> those methods
+    for method in args.methods:
+        if method != "sft":
+            groups.setdefault((picks[method]["lr"], picks[method]["beta"]), []).append(method)
+    sft = ["sft"] if "sft" in args.methods else []
+    sft_lrs = [picks["sft"]["lr"]] if sft else args.sft_lrs
     for seed in others:
         folders[seed] = args.out / f"search_{level.name}_seed{seed}"
-        for method in args.methods:
-            pick = picks[method]
-            lrs = [pick["lr"]]
+        for index, ((lr, beta), methods) in enumerate(groups.items() or [((None, None), [])]):
             grid = {
-                "methods": [method],
-                "sft_lrs": lrs,
-                "lrs": lrs,
-                "betas": [args.betas[0] if pick["beta"] is None else pick["beta"]],
+                "methods": (sft if index == 0 else []) + methods,
+                "sft_lrs": sft_lrs,
+                "lrs": [lr] if lr is not None else args.lrs,
+                "betas": [beta] if beta is not None else args.betas,
             }
             run_search(level, folders[seed], args, seed, grid)
     return folders
@@ -141,7 +147,8 @@ def level_summary(level: Path, folders: dict[int, Path], methods: list[str]) -> 
             for folder in folders.values()
         ]
     pages = len(scores["base"][0])
-    counts = [resample_counts(pages, REPLICATES, np.random.default_rng([0, s])) for s in seeds]
+    # every seed scores the same val pages (the data seed is fixed), so one draw of pages serves all seeds
+    counts = seed_resamples([range(pages)] * len(seeds), REPLICATES, 0)
 
     def diff(a: str, b: str) -> dict:
         mean, ci = bootstrap_gain(scores[a], scores[b], counts)
@@ -176,6 +183,11 @@ def level_summary(level: Path, folders: dict[int, Path], methods: list[str]) -> 
     return summary
 
 
+def _best_of(levels: list[dict]) -> str:
+    """The oracle column's name, "best of N" (N: the lists' size)."""
+    return list(levels[0]["sampling"])[1].replace("_", " ") if levels else "best of N"
+
+
 def _ci(d: dict) -> str:
     return f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
 
@@ -183,7 +195,8 @@ def _ci(d: dict) -> str:
 def table(levels: list[dict], methods: list[str]) -> str:
     """Markdown: one row per base level (val edit distance, lower is better; differences with 95% intervals)."""
     labels = [METHOD_LABELS.get(m, m) for m in methods]
-    header = ["base", "warm-up pages", "base val", "first / best of 20 (sampled pages)"]
+    best_of = _best_of(levels)
+    header = ["base", "warm-up pages", "base val", f"first / {best_of} (sampled pages)"]
     header += [f"{label} val (setting)" for label in labels] + [f"{label} − base" for label in labels]
     both = all("perpo_vs_sft" in level for level in levels)
     header += ["PerPO − SFT"] if both else []
@@ -209,7 +222,7 @@ def table(levels: list[dict], methods: list[str]) -> str:
         f"\n\nGreedy normalised edit distance (lower is better) on {pages} val pages, mean over seeds {seeds} (the "
         "settings: the first seed's search); differences paired per page, seeds pooled, 95% intervals from "
         f"{REPLICATES:,} bootstrap replicates over pages (negative: the first model is better). "
-        "First / best of 20: the base's mean edit distance of its first and of its best sample on the sampled "
+        f"First / {best_of}: the base's mean edit distance of its first and of its best sample on the sampled "
         "training pages (T = 0.5).\n"
     )
 
@@ -221,11 +234,12 @@ def figure(levels: list[dict], methods: list[str], path: Path) -> Path:
 
     from reports.figures import plt, save_figure  # matplotlib on the Agg backend
 
-    x = [level["warmup_pages"] or index for index, level in enumerate(levels)]
+    known = all(level["warmup_pages"] is not None for level in levels)
+    x = [level["warmup_pages"] if known else index for index, level in enumerate(levels)]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
     left.plot(x, [lv["base"]["edit_dist"] for lv in levels], "o--", color="grey", label="base")
     best = [list(lv["sampling"].values())[1] for lv in levels]
-    left.plot(x, best, ":", color="grey", label="base, best of 20 (sampled train pages)")
+    left.plot(x, best, ":", color="grey", label=f"base, {_best_of(levels)} (sampled train pages)")
     gains = {}
     for method in methods:
         color = METHOD_COLORS.get(method)
@@ -241,8 +255,12 @@ def figure(levels: list[dict], methods: list[str], path: Path) -> Path:
         right.fill_between(x, gains["sft"], gains["perpo"], where=~ahead, color="#dddddd", alpha=0.7, interpolate=True)
     right.axhline(0, color="grey", linewidth=0.8)
     for ax in (left, right):
-        ax.set_xlabel("pages seen in the base's warm-up")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1000:g}k"))
+        if known:
+            ax.set_xlabel("pages seen in the base's warm-up (repeats counted)")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1000:g}k"))
+        else:  # a base without its warm-up log: the bases in the order given
+            ax.set_xticks(x, [level["level"] for level in levels])
+            ax.set_xlabel("base, least to most trained")
     left.set_ylabel("val edit distance ↓")
     right.set_ylabel("val edit distance gained over the base ↑")
     left.set_title("bases warmed up on more pages")

@@ -74,12 +74,13 @@ def test_level_summary_pairs_each_method_with_its_base_and_perpo_with_sft(tmp_pa
     assert gap["mean"] == pytest.approx(-0.1) and gap["ci95"][1] < 0 and gap["ci95"][0] <= gap["mean"]
 
 
-def test_later_seeds_rerun_only_each_methods_pick(tmp_path, monkeypatch):
+def test_later_seeds_rerun_only_the_picks(tmp_path, monkeypatch):
     calls = []
+    picks = PICKS | {"dpo": {"lr": 3e-5, "beta": 0.5}}
 
     def search(level, folder, args, seed, grid=None):
         calls.append((folder.name, seed, grid))
-        return {"best_lr": PICKS}
+        return {"best_lr": picks}
 
     monkeypatch.setattr(saturation, "run_search", search)
     args = argparse.Namespace(
@@ -87,16 +88,20 @@ def test_later_seeds_rerun_only_each_methods_pick(tmp_path, monkeypatch):
     )
     folders = saturation.run_level(tmp_path / "lvl", args)
     assert folders == {0: tmp_path / "search_lvl", 2: tmp_path / "search_lvl_seed2"}
-    assert calls == [
-        ("search_lvl", 0, None),  # the study's whole grid
-        ("search_lvl_seed2", 2, {"methods": ["sft"], "sft_lrs": [3e-3], "lrs": [3e-3], "betas": [0.5]}),
-        ("search_lvl_seed2", 2, {"methods": ["perpo"], "sft_lrs": [1e-4], "lrs": [1e-4], "betas": [0.5]}),
+    pick_grid = {"methods": ["sft", "perpo"], "sft_lrs": [3e-3], "lrs": [1e-4], "betas": [0.5]}
+    assert calls == [("search_lvl", 0, None), ("search_lvl_seed2", 2, pick_grid)]  # the whole grid, then the picks
+
+    calls.clear()  # two preference methods picked at other (lr, β): one search each, or the grid would cross them
+    saturation.run_level(tmp_path / "lvl", argparse.Namespace(**{**vars(args), "methods": ["sft", "dpo", "perpo"]}))
+    assert calls[1:] == [
+        ("search_lvl_seed2", 2, {"methods": ["sft", "dpo"], "sft_lrs": [3e-3], "lrs": [3e-5], "betas": [0.5]}),
+        ("search_lvl_seed2", 2, {"methods": ["perpo"], "sft_lrs": [3e-3], "lrs": [1e-4], "betas": [0.5]}),
     ]
 
 
 def _level(name: str, pages: int | None, base: float, sft: float, perpo: float) -> dict:
     def d(mean: float) -> dict:
-        return {"mean": mean, "ci95": [mean - 0.01, mean + 0.01]}
+        return {"mean": mean, "ci95": [mean - 0.01, mean + 0.02]}
 
     return {
         "level": name,
@@ -117,10 +122,10 @@ def test_table_and_figure(tmp_path):
     levels = [_level("weak", 32_000, 0.35, 0.27, 0.34), _level("strong", None, 0.10, 0.09, 0.07)]
     text = saturation.table(levels, ["sft", "perpo"])
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert "PerPO − SFT" in rows[0] and "SFT val (setting)" in rows[0]
+    assert "PerPO − SFT" in rows[0] and "SFT val (setting)" in rows[0] and "first / best of 20" in rows[0]
     assert rows[2].startswith("| weak | 32,000 | 0.350 | 0.370 / 0.250 | 0.270 (lr 0.003) | 0.340 (lr 0.0001, β 0.5)")
-    assert rows[2].endswith("| +0.070 [+0.060, +0.080] |")
-    assert rows[3].startswith("| strong | ? |") and rows[3].endswith("| -0.020 [-0.030, -0.010] |")
+    assert rows[2].endswith("| -0.080 [-0.090, -0.060] | -0.010 [-0.020, +0.010] | +0.070 [+0.060, +0.090] |")
+    assert rows[3].startswith("| strong | ? |") and rows[3].endswith("| -0.020 [-0.030, +0.000] |")
     path = saturation.figure(levels, ["sft", "perpo"], tmp_path / "sat.png")
     with Image.open(path) as image:
         assert image.size[0] > image.size[1] > 200
