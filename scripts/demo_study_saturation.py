@@ -183,9 +183,14 @@ def level_summary(level: Path, folders: dict[int, Path], methods: list[str]) -> 
     return summary
 
 
+def _oracle_key(level: dict) -> str:
+    """The key of the best-of-N sampling score, `best_of_<N>` (N: the lists' size)."""
+    return next(key for key in level["sampling"] if key.startswith("best_of_"))
+
+
 def _best_of(levels: list[dict]) -> str:
-    """The oracle column's name, "best of N" (N: the lists' size)."""
-    return list(levels[0]["sampling"])[1].replace("_", " ") if levels else "best of N"
+    """The oracle column's name, "best of N"."""
+    return _oracle_key(levels[0]).replace("_", " ") if levels else "best of N"
 
 
 def _ci(d: dict) -> str:
@@ -202,7 +207,7 @@ def table(levels: list[dict], methods: list[str]) -> str:
     header += ["PerPO − SFT"] if both else []
     lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
     for level in levels:
-        sampling = list(level["sampling"].values())
+        sampling = (level["sampling"]["first"], level["sampling"][_oracle_key(level)])
         row = [
             level["level"],
             f"{level['warmup_pages']:,}" if level["warmup_pages"] is not None else "?",
@@ -238,7 +243,7 @@ def figure(levels: list[dict], methods: list[str], path: Path) -> Path:
     x = [level["warmup_pages"] if known else index for index, level in enumerate(levels)]
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
     left.plot(x, [lv["base"]["edit_dist"] for lv in levels], "o--", color="grey", label="base")
-    best = [list(lv["sampling"].values())[1] for lv in levels]
+    best = [lv["sampling"][_oracle_key(lv)] for lv in levels]
     left.plot(x, best, ":", color="grey", label=f"base, {_best_of(levels)} (sampled train pages)")
     gains = {}
     for method in methods:
@@ -264,7 +269,7 @@ def figure(levels: list[dict], methods: list[str], path: Path) -> Path:
     left.set_ylabel("val edit distance ↓")
     right.set_ylabel("val edit distance gained over the base ↑")
     left.set_title("bases warmed up on more pages")
-    right.set_title("gain over the base (shaded: PerPO ahead blue, SFT grey)", fontsize=10)
+    right.set_title("gain over the base (blue: PerPO ahead, grey: SFT)", fontsize=10)
     left.legend(frameon=False, fontsize=8)
     right.legend(frameon=False, fontsize=8)
     fig.tight_layout()

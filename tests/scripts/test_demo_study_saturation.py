@@ -109,7 +109,7 @@ def _level(name: str, pages: int | None, base: float, sft: float, perpo: float) 
         "warmup_pages": pages,
         "val_pages": 200,
         "base": {"edit_dist": base},
-        "sampling": {"first": base + 0.02, "best_of_20": base - 0.1},
+        "sampling": {"best_of_20": base - 0.1, "first": base + 0.02},  # key-sorted, as read back from the JSON
         "methods": {
             "sft": {"lr": 3e-3, "beta": None, "edit_dist": sft, "vs_base": d(sft - base)},
             "perpo": {"lr": 1e-4, "beta": 0.5, "edit_dist": perpo, "vs_base": d(perpo - base)},
