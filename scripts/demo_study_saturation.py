@@ -4,8 +4,8 @@ The paper (§5.4, Figure 5) trains bases on growing amounts of dense-OCR data an
 weak bases, and PerPO ahead as the base nears saturation. This measures the same on the OCR miniature, from bases
 that differ only in how much page text their warm-up saw (docs/miniature_ocr.md §6 has the warm-up commands):
 
-    python scripts/demo_study_saturation.py --out runs/saturation \\
-        perpo/assets/tiny_llava_ocr runs/sat/ocr_l2 runs/sat/ocr_l3 [--results docs/results]
+    python scripts/demo_study_saturation.py perpo/assets/tiny_llava_ocr runs/sat/ocr_l1b runs/sat/ocr_l1c \\
+        runs/sat/ocr_l2 --out runs/saturation --seeds 0 1 [--results docs/results]
 
 For every base ("level"), runs the OCR track's search from it (`scripts/demo_search.py --track ocr --base_model
 LEVEL`, into `<out>/search_<level folder name>`): the demo's 1,000 seed-1 pages sampled 20 times at T = 0.5 from
@@ -14,13 +14,14 @@ number of trials each (default: three learning rates; PerPO at β 0.5), scored o
 runs with the first of `--seeds`; every further seed re-samples and re-trains only each method's pick (into
 `search_<level>_seed<S>`). The picked trials are scored page by page, and the paired differences (each method −
 its base, PerPO − SFT) get 95% bootstrap intervals over the val pages, seeds pooled (averaged per replicate, as
-scripts/demo_seeds.py does). The test split is never looked at.
+scripts/demo_seeds.py does; every seed scores the same val pages, so one draw of pages serves them all). The test
+split is never looked at.
 
 Writes `saturation.json`, `saturation.md` and `saturation.png` into --out: per level the warm-up's pages (steps ×
 batch size, summed over the chain of `perpo warmup --model` continuations), the base's val edit distance and its
 first-sample and best-of-20 edit distance on the sampled pages (its headroom), each method's best setting and
 val edit distance, and the differences. `--results DIR` copies the JSON and the figure there. Resumable: the
-searches keep their trials and scores; a search folder is tied to its base and refuses another one.
+searches keep their trials and scores; a search folder is tied to its base, seed and --quick and refuses others.
 """
 
 from __future__ import annotations
