@@ -159,18 +159,21 @@ def search_ocr(args, cfg, base: Path, val: list[dict], train_lists: list[dict]) 
     processor = load_processor(base)
 
     def score(adapter: Path | None) -> dict:
-        """Greedy edit distances of a trial; kept in `<trial>/ocr_scores.json`, so a widened search scores only
-        its new trials."""
+        """Greedy edit distances of a trial; kept in `<trial>/ocr_scores.json` with each val page's distance
+        (`val_distances`, which the saturation study pairs), so a widened search scores only its new trials."""
         cache = (adapter or args.out / "models" / "base") / "ocr_scores.json"
         if cache.is_file():
             saved = json.loads(cache.read_text())
-            if saved.get("n") == len(val) and saved.get("train_lists") == len(train_lists):
+            fresh = saved.get("n") == len(val) and saved.get("train_lists") == len(train_lists)
+            if fresh and len(saved.get("val_distances", ())) == len(val):
                 return saved["scores"]
         model = load_model(base, dtype="float32", adapter=adapter)
-        on_val = evaluate_ocr(model, processor, val, batch_size=64)
+        on_val = evaluate_ocr(model, processor, val, batch_size=64, per_page=True)
+        distances = on_val.pop("distances")
         on_train = evaluate_ocr(model, processor, train_lists, batch_size=64)
         scores = {**on_val, "train_lists_edit_dist": on_train["edit_dist"]}
-        write_json(cache, {"n": len(val), "train_lists": len(train_lists), "scores": scores})
+        saved = {"n": len(val), "train_lists": len(train_lists), "scores": scores, "val_distances": distances}
+        write_json(cache, saved)
         return scores
 
     rows = [{"method": "base", "lr": None, "beta": None, **score(None), "train_s": 0.0}]

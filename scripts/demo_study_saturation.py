@@ -90,23 +90,9 @@ def run_search(level: Path, folder: Path, args: argparse.Namespace, seed: int, g
 
 
 def page_distances(folder: Path, adapter: Path | None) -> list[float]:
-    """Greedy edit distance of every val page (in order) for the base of `folder` (+ `adapter`); cached beside
-    the trial (`val_pages.json`)."""
-    from perpo.embedded.demo import page_records
-    from perpo.modeling import load_model, load_processor
-    from perpo.quickeval import evaluate_ocr
-
-    val = page_records(folder / "data", "val")
-    cache = (adapter or folder / "models" / "base") / "val_pages.json"
-    if cache.is_file():
-        saved = json.loads(cache.read_text())
-        if len(saved["distances"]) == len(val):
-            return saved["distances"]
-    base = folder / "models" / "base"
-    model = load_model(base, dtype="float32", adapter=adapter)
-    distances = evaluate_ocr(model, load_processor(base), val, batch_size=64, per_page=True)["distances"]
-    write_json(cache, {"distances": distances})
-    return distances
+    """Greedy edit distance of every val page (in order) for the base of `folder` (+ `adapter`), as the search
+    scored it (`ocr_scores.json` beside the trial)."""
+    return json.loads(((adapter or folder / "models" / "base") / "ocr_scores.json").read_text())["val_distances"]
 
 
 def run_level(level: Path, args: argparse.Namespace) -> dict[int, Path]:
@@ -121,17 +107,14 @@ def run_level(level: Path, args: argparse.Namespace) -> dict[int, Path]:
     for method in args.methods:
         if method != "sft":
             groups.setdefault((picks[method]["lr"], picks[method]["beta"]), []).append(method)
-    sft = ["sft"] if "sft" in args.methods else []
-    sft_lrs = [picks["sft"]["lr"]] if sft else args.sft_lrs
+    sft_lrs = [picks["sft"]["lr"]] if "sft" in args.methods else args.sft_lrs
+    grids = [{"methods": m, "sft_lrs": sft_lrs, "lrs": [lr], "betas": [b]} for (lr, b), m in groups.items()]
+    grids = grids or [{"methods": [], "sft_lrs": sft_lrs, "lrs": args.lrs, "betas": args.betas}]
+    if "sft" in args.methods:
+        grids[0]["methods"] = ["sft", *grids[0]["methods"]]
     for seed in others:
         folders[seed] = args.out / f"search_{level.name}_seed{seed}"
-        for index, ((lr, beta), methods) in enumerate(groups.items() or [((None, None), [])]):
-            grid = {
-                "methods": (sft if index == 0 else []) + methods,
-                "sft_lrs": sft_lrs,
-                "lrs": [lr] if lr is not None else args.lrs,
-                "betas": [beta] if beta is not None else args.betas,
-            }
+        for grid in grids:
             run_search(level, folders[seed], args, seed, grid)
     return folders
 

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from perpo.config import ConfigError, check_numbers, opt, save_resolved
+from perpo.io import count_lines
 from reports.load import METHOD_LABELS
 
 logger = logging.getLogger(__name__)
@@ -314,8 +315,6 @@ def build_lists(cfg: DemoConfig, lists: Path) -> dict:
 
 def optimizer_steps(cfg: DemoConfig, lists: Path) -> int:
     """Optimizer steps of one demo method: its epochs over the kept lists (`lists/train.jsonl`) at its batch."""
-    from perpo.io import count_lines
-
     return math.ceil(math.ceil(count_lines(lists / "train.jsonl") / cfg.batch_size) * cfg.epochs)
 
 
