@@ -218,6 +218,7 @@ def check_equal(lists: Path, n: int, batches: int = 2) -> dict:
     from perpo.data.collate import ListCollator
     from perpo.data.schema import load_records
     from perpo.embedded.demo import ASSET
+    from perpo.families import LLAVA
     from perpo.modeling import apply_lora, disable_dropout, fuse_lora, load_model, load_processor
     from perpo.trainer import ListDataset, PerPOTrainer
 
@@ -239,7 +240,7 @@ def check_equal(lists: Path, n: int, batches: int = 2) -> dict:
         if PATHS[path]["fuse_lora"]:
             fuse_lora(model)
         args = perpo_args(path, lists, n, len(records))
-        collator = ListCollator(processor, lists.parent, n, cache=args.cache_inputs)
+        collator = ListCollator(processor, lists.parent, n, family=LLAVA, cache=args.cache_inputs)
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stderr(io.StringIO()):
             trainer = PerPOTrainer(
                 model=model, args=TrainingArguments(output_dir=tmp, use_cpu=True, report_to=[]),
@@ -289,11 +290,12 @@ def layout_stats(lists: Path, n: int, max_lists: int) -> dict:
     from perpo.data.collate import ListCollator
     from perpo.data.schema import load_records
     from perpo.embedded.demo import ASSET
+    from perpo.families import LLAVA
     from perpo.logprobs import shared_rows, tree_rows
     from perpo.modeling import load_processor
 
     records = load_records(lists, stage="train", n=n)[:max_lists]
-    batch = ListCollator(load_processor(ASSET), lists.parent, n)(records)["batch"]
+    batch = ListCollator(load_processor(ASSET), lists.parent, n, family=LLAVA)(records)["batch"]
     shared, tree = shared_rows(batch, pad_id=0), tree_rows(batch, pad_id=0)
     return {
         "lists": len(records),

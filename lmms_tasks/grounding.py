@@ -51,7 +51,9 @@ def doc_to_visual(doc: dict, frame: str) -> list:
 
     Args:
         doc: A grounding document (`image` is a path or a PIL image).
-        frame: "padded" (LLaVA-1.5's expand2square with the CLIP-mean fill) or "original" (the image as is).
+        frame: "padded" (LLaVA-1.5's expand2square with the CLIP-mean fill) or "original" (the image as is; a
+            LLaVA-1.5 model run by `perpo_llava` still sees it padded, as it was trained: its family pads before
+            the processor, and the frame only says how its answer is read).
 
     Returns:
         A one-element list with an RGB PIL image.

@@ -95,7 +95,8 @@ def generate(
 ) -> list[list[str]]:
     """Generate `n` responses for each request in one batched `model.generate` call.
 
-    Rows without an image are prompted without one (the prompt must then carry no image token).
+    Rows without an image are prompted without one (the prompt must then carry no image token); images go to the
+    processor as the model's family prepares them (`Family.prepare_image`: LLaVA-1.5's padded square).
 
     Returns:
         For each request, its `n` decoded responses (special tokens removed, whitespace stripped).
@@ -104,7 +105,8 @@ def generate(
         return []
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
-    images = [r.image for r in requests if r.image is not None]
+    own = family(model)
+    images = [own.prepare_image(r.image) for r in requests if r.image is not None]
     inputs = processor(images=images or None, text=[r.prompt for r in requests], return_tensors="pt", padding=True).to(
         model.device
     )
@@ -114,7 +116,6 @@ def generate(
     # The prompt (image included) is encoded once per request and its KV cache copied to the request's n rows.
     input_ids = inputs["input_ids"].repeat_interleave(n, 0)  # [B*n, P]
     attention_mask = inputs["attention_mask"].repeat_interleave(n, 0)
-    own = family(model)
     prefill = {}
     if n > 1 and not own.copies_prompt_cache:  # every sample a full row: its images and text inputs repeated
         picks = [image for image in range(len(images)) for _ in range(n)]

@@ -21,10 +21,12 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from perpo.config import ConfigError, check_numbers, opt
+from perpo.families import Family, family_of
 from perpo.modeling import DEFAULT_LORA_TARGETS
 
 logger = logging.getLogger(__name__)
@@ -63,10 +65,10 @@ class GRPOArguments:
         check_numbers(self)
 
 
-def prompt_dataset(records: list[dict], image_root: Path):
+def prompt_dataset(records: list[dict], image_root: Path, family: Family):
     """Instruction records as TRL's GRPO reads them (a `datasets.Dataset`): a conversational prompt, the image
-    (decoded when read; TRL puts it before the text, as `perpo.prompts.user_messages` does), the reward's target
-    and the task."""
+    (decoded when read and prepared as the family's checkpoints see it, `Family.prepare_image`; TRL puts it before
+    the text, as `perpo.prompts.user_messages` does), the reward's target and the task."""
     from datasets import Dataset, Image
 
     from perpo.data.schema import resolve_image
@@ -82,7 +84,16 @@ def prompt_dataset(records: list[dict], image_root: Path):
                 "task": record["task"],
             }
         )
-    return Dataset.from_list(rows).cast_column("image", Image())
+    dataset = Dataset.from_list(rows).cast_column("image", Image())
+    return dataset.with_transform(partial(_prepared_images, family))
+
+
+def _prepared_images(family: Family, batch: dict) -> dict:
+    """A dataset batch with each decoded image as the family prepares it for its processor."""
+    batch["image"] = [
+        None if image is None else family.prepare_image(image.convert("RGB")) for image in batch["image"]
+    ]
+    return batch
 
 
 def completion_text(completion: Any) -> str:
@@ -188,7 +199,7 @@ def run_grpo(args: GRPOArguments, config, callbacks: list | None = None) -> Path
         model=model,
         reward_funcs=[reward_fn, format_reward],
         args=config,
-        train_dataset=prompt_dataset(records, image_root),
+        train_dataset=prompt_dataset(records, image_root, family_of(model)),
         processing_class=processor,
     )
     use_callbacks(trainer, callbacks)

@@ -566,7 +566,7 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks:
     model_family = family(model)
     collator = ListCollator(
         processor, str(image_root), args.n, on_answers=args.loss in LOSS_ON_ANSWERS,
-        cache=args.cache_inputs and model_family.per_image_pixels, image_inputs=model_family.image_inputs,
+        cache=args.cache_inputs and model_family.per_image_pixels, family=model_family,
     )  # fmt: skip
 
     ref_model = None

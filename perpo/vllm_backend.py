@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from perpo.config import ConfigError
+from perpo.families import family_of
 
 
 def request_seed(seed: int, key: str) -> int:
@@ -46,10 +47,12 @@ class VLLMBackend:
         self.engine = engine
         self.processor = processor
         self.model = config
+        self.family = family_of(config)
         self.sampling_params = sampling_params
 
     def prompts(self, requests: Sequence) -> list[dict[str, Any]]:
-        """vLLM prompts: the chat-template text, and the image (RGB) when the instruction has one."""
+        """vLLM prompts: the chat-template text, and the image (RGB, as the family prepares it for its processor)
+        when the instruction has one."""
         from perpo.io import load_image
         from perpo.prompts import chat_prompt
 
@@ -59,7 +62,7 @@ class VLLMBackend:
                 "prompt": chat_prompt(self.processor, request.question, with_image=request.image is not None)
             }
             if request.image is not None:
-                prompt["multi_modal_data"] = {"image": load_image(request.image)}
+                prompt["multi_modal_data"] = {"image": self.family.prepare_image(load_image(request.image))}
             prompts.append(prompt)
         return prompts
 

@@ -15,6 +15,8 @@ What it adds over lmms-eval's `llava_hf`:
   answer is cut at the first stop string); sampling is reproducible per sample: sample i of a document draws
   from its own random stream seeded by (`seed`, task/split/doc id, i) (`perpo.generation`), so the N samples of a
   best-of-N task are distinct, and identical whatever the batch size or the other documents of the batch;
+- hands each image to the processor as the checkpoint was trained to see it (`Family.prepare_image`: LLaVA-1.5's
+  padded square, whatever the processor config says), as `perpo sample` and the trainer do;
 - answers documents without an image (the `noimg` ablation) with a text-only prompt instead of crashing;
   documents with several images are refused with a clear error (none of the perpo tasks has them);
 - also implements lmms-eval's other two request types: `loglikelihood` (the continuation's summed log-probability
@@ -195,9 +197,8 @@ class PerpoLlava(lmms):
                     items.append({"type": "text", "text": item["text"]})
                 elif kind == "image":
                     image = item["url"]
-                    if not isinstance(image, Image.Image):
-                        image = load_image(image)
-                    images.append(image)
+                    image = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image)
+                    images.append(family(self.model).prepare_image(image))  # as its checkpoints see it
                     items.append({"type": "image"})
                 else:
                     raise ValueError(f"perpo_llava handles image and text content only, got {kind!r}")

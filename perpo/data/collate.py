@@ -10,31 +10,31 @@ from collections.abc import Sequence
 
 import torch
 
+from perpo.families.base import Family
 from perpo.io import load_image
 
 IGNORE_INDEX = -100
-# Processor outputs that carry images, for every family (a model's own: `perpo.families.Family.image_inputs`).
-IMAGE_INPUTS = ("pixel_values", "image_sizes", "image_grid_thw")
 
 
 def encode_prompts(
-    processor, prompts: Sequence[str], images: Sequence[object | None], image_inputs: Sequence[str] = IMAGE_INPUTS
+    processor, prompts: Sequence[str], images: Sequence[object | None], family: Family
 ) -> tuple[list[list[int]], dict]:
     """Tokenise prompts with the processor, which expands each image placeholder to the model's image tokens.
 
     Args:
-        image_inputs: the processor outputs kept as image inputs (the model family's).
+        family: the model's family: it prepares each image before the processor (`Family.prepare_image`) and
+            names the processor outputs kept as image inputs.
 
     Returns:
         (prompt ids per prompt without padding, extra model inputs such as `pixel_values` [n_images, C, H, W]
         and, for LLaVA-NeXT/OneVision, `image_sizes`).
     """
-    present = [image for image in images if image is not None]
+    present = [family.prepare_image(image) for image in images if image is not None]
     encoded = processor(images=present or None, text=list(prompts), padding=True, return_tensors="pt")
     ids = [
         row[mask.bool()].tolist() for row, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)
     ]
-    extra = {key: encoded[key] for key in image_inputs if key in encoded and present}
+    extra = {key: encoded[key] for key in family.image_inputs if key in encoded and present}
     return ids, extra
 
 
@@ -53,13 +53,15 @@ def pad_right(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     return out
 
 
-def sft_batch(processor, prompts: Sequence[str], images: Sequence[object | None], answers: Sequence[str]) -> dict:
+def sft_batch(
+    processor, prompts: Sequence[str], images: Sequence[object | None], answers: Sequence[str], family: Family
+) -> dict:
     """A supervised batch: [prompt][answer</s>] per row, labels only on the answer (right-padded).
 
     Returns:
         input_ids, attention_mask, labels: [B, T]; plus pixel_values (and image_sizes when the model needs them).
     """
-    prompt_ids, extra = encode_prompts(processor, prompts, images)
+    prompt_ids, extra = encode_prompts(processor, prompts, images, family)
     answer_ids = encode_responses(processor.tokenizer, answers)
     sequences = [p + a for p, a in zip(prompt_ids, answer_ids, strict=True)]
     labels = [[IGNORE_INDEX] * len(p) + a for p, a in zip(prompt_ids, answer_ids, strict=True)]
@@ -86,7 +88,8 @@ class ListCollator:
         ref_logps: optional precomputed reference log-probs, id → N floats.
         cache: encode each list once and keep it (prompt ids, image tensor, response ids) for later epochs.
         cache_bytes: stop adding lists to the cache once their image tensors take this much memory.
-        image_inputs: the processor outputs that carry images (`perpo.families.Family.image_inputs`).
+        family: the model's family: how an image is prepared for the processor and which of the processor's
+            outputs carry it (`perpo.families.Family`).
     """
 
     def __init__(
@@ -95,11 +98,11 @@ class ListCollator:
         image_root,
         n: int,
         *,
+        family: Family,
         on_answers: bool = False,
         ref_logps: dict | None = None,
         cache: bool = False,
         cache_bytes: int = 1 << 30,
-        image_inputs: Sequence[str] = IMAGE_INPUTS,
     ):
         self.processor = processor
         self.image_root = image_root
@@ -108,7 +111,7 @@ class ListCollator:
         self.ref_logps = ref_logps
         self.cache = cache
         self.cache_bytes = cache_bytes
-        self.image_inputs = tuple(image_inputs)
+        self.family = family
         self._encoded: dict[tuple, tuple] = {}
         self._cached_bytes = 0
 
@@ -122,7 +125,7 @@ class ListCollator:
             chat_prompt(self.processor, r["question"], with_image=image is not None)
             for r, image in zip(records, images, strict=True)
         ]
-        prompt_ids, extra = encode_prompts(self.processor, prompts, images, self.image_inputs)
+        prompt_ids, extra = encode_prompts(self.processor, prompts, images, self.family)
         has_image = [image is not None for image in images]
         tokenizer = self.processor.tokenizer
         responses = [encode_responses(tokenizer, self._texts(r)) for r in records]

@@ -125,24 +125,78 @@ def build_tokenizer():
     return tokenizer
 
 
-def build_processor(spec: TinySpec = TinySpec()):
-    """`LlavaProcessor` = LLaVA image processor (pad to square with the CLIP mean, as LLaVA-1.5) + tokenizer."""
-    from transformers import LlavaImageProcessor, LlavaProcessor
+# The public checkpoints' image processors, from their `preprocessor_config.json` on the hub (nothing is downloaded:
+# the values are written here), each at its native tile side; `public_image_processor` scales the sizes to a tiny
+# vision tower's side and keeps everything else (kind, crop, padding, grids, resampling, normalisation).
+PUBLIC_IMAGE_PROCESSORS = {
+    # llava-hf/llava-1.5-7b-hf: resize the shortest edge to 336, then a 336 x 336 centre crop (no padding)
+    "llava": {
+        "native": 336,
+        "class": "CLIPImageProcessor",
+        "size": {"shortest_edge": 336},
+        "crop_size": {"height": 336, "width": 336},
+        "do_center_crop": True,
+        "resample": 3,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+    },
+    # llava-hf/llava-v1.6-vicuna-7b-hf: anyres over five grids, each tile resized + centre-cropped to 336
+    "llava_next": {
+        "native": 336,
+        "class": "LlavaNextImageProcessor",
+        "size": {"shortest_edge": 336},
+        "crop_size": {"height": 336, "width": 336},
+        "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+        "do_center_crop": True,
+        "do_pad": True,
+        "resample": 3,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+    },
+    # llava-hf/llava-onevision-qwen2-7b-ov-hf: SigLIP 384 tiles, anyres_max_9 over every grid of 1..6 x 1..6 tiles
+    "llava_onevision": {
+        "native": 384,
+        "class": "LlavaOnevisionImageProcessor",
+        "size": {"height": 384, "width": 384},
+        "image_grid_pinpoints": [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)],
+        "do_pad": True,
+        "resample": 3,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    },
+}
 
-    image_processor = LlavaImageProcessor(
-        do_pad=True,
-        do_resize=True,
-        size={"shortest_edge": spec.image_size},
-        do_center_crop=True,
-        crop_size={"height": spec.image_size, "width": spec.image_size},
-        do_rescale=True,
-        do_normalize=True,
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
-        do_convert_rgb=True,
-    )
+
+def public_image_processor(model_type: str, side: int):
+    """The image processor of `model_type`'s public checkpoint with its sizes scaled from the native tile to `side`.
+
+    Args:
+        model_type: `llava`, `llava_next` or `llava_onevision` (Qwen's are in `build_qwen2_5_vl` / `build_qwen3_vl`).
+        side: the tiny vision tower's image side.
+    """
+    import transformers
+
+    public = dict(PUBLIC_IMAGE_PROCESSORS[model_type])
+    scale = side / public.pop("native")
+    kind = getattr(transformers, public.pop("class"))
+    for key in ("size", "crop_size"):
+        if key in public:
+            public[key] = {k: round(v * scale) for k, v in public[key].items()}
+    if "image_grid_pinpoints" in public:
+        public["image_grid_pinpoints"] = [
+            [round(h * scale), round(w * scale)] for h, w in public["image_grid_pinpoints"]
+        ]
+    return kind(**public, do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True)
+
+
+def build_processor(spec: TinySpec = TinySpec()):
+    """`LlavaProcessor` with llava-1.5-7b-hf's image processor (a `CLIPImageProcessor` that centre-crops, scaled to
+    the tiny side) + the tokenizer. The model's family pads the image to LLaVA-1.5's square before it
+    (`perpo.families.Family.prepare_image`), as LLaVA-1.5 was trained."""
+    from transformers import LlavaProcessor
+
     return LlavaProcessor(
-        image_processor=image_processor,
+        image_processor=public_image_processor("llava", spec.image_size),
         tokenizer=build_tokenizer(),
         patch_size=spec.patch_size,
         vision_feature_select_strategy="default",
@@ -356,8 +410,9 @@ def build_qwen3_vl(spec: TinySpec = TinySpec()):
 def build_family(family: str, spec: TinySpec = TinySpec()):
     """A tiny random model + processor of another family (LLaVA anyres tiling, Qwen2.5-VL), for tests and benchmarks.
 
-    `llava_next` and `llava_onevision` tile the image at the resolutions in `image_grid_pinpoints` (multiples of
-    `spec.image_size`), so the number of image tokens depends on the image's size, as in the real models.
+    Each family's processor is its public checkpoint's (`PUBLIC_IMAGE_PROCESSORS`, scaled to `spec.image_size`):
+    `llava_next` and `llava_onevision` tile the image at the public grids, so the number of image tokens depends
+    on the image's size, as in the real models.
 
     Returns:
         (model, processor)
@@ -373,23 +428,15 @@ def build_family(family: str, spec: TinySpec = TinySpec()):
         return build_qwen3_vl(spec)
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-    side = spec.image_size
-    pinpoints = [[side, 2 * side], [2 * side, side], [2 * side, 2 * side]]
+    image_processor = public_image_processor(family, spec.image_size)
     base = build_config(spec)
     vocab = build_vocab()
     common = dict(
         vision_config=base.vision_config,
         text_config=base.text_config,
         image_token_index=vocab[IMAGE],
-        image_grid_pinpoints=pinpoints,
+        image_grid_pinpoints=image_processor.image_grid_pinpoints,
         projector_hidden_act="gelu",
-    )
-    image_kwargs = dict(
-        size={"shortest_edge": side} if family == "llava_next" else {"height": side, "width": side},
-        crop_size={"height": side, "width": side},
-        image_grid_pinpoints=pinpoints,
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
     )
     torch.manual_seed(spec.seed)
     if family == "llava_next":
@@ -401,7 +448,7 @@ def build_family(family: str, spec: TinySpec = TinySpec()):
         )
         model = transformers.LlavaNextForConditionalGeneration(config)
         processor = transformers.LlavaNextProcessor(
-            image_processor=transformers.LlavaNextImageProcessor(**image_kwargs),
+            image_processor=image_processor,
             tokenizer=build_tokenizer(),
             patch_size=spec.patch_size,
             vision_feature_select_strategy="default",
@@ -418,7 +465,7 @@ def build_family(family: str, spec: TinySpec = TinySpec()):
         )
         model = transformers.LlavaOnevisionForConditionalGeneration(config)
         processor = transformers.LlavaOnevisionProcessor(
-            image_processor=transformers.LlavaOnevisionImageProcessor(**image_kwargs),
+            image_processor=image_processor,
             tokenizer=build_tokenizer(),
             video_processor=transformers.LlavaOnevisionVideoProcessor(),
             num_image_tokens=spec.image_tokens + 1,  # counted with CLS; "default" makes the processor drop one

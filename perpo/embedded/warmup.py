@@ -27,6 +27,7 @@ import torch
 from perpo.boxes import FRAMES, format_box, gt_box_in_frame
 from perpo.config import ConfigError, check_numbers, opt
 from perpo.data.collate import sft_batch
+from perpo.families import LLAVA
 from perpo.io import atomic_dir, load_image, read_jsonl, write_json
 from perpo.prompts import chat_prompt
 from perpo.quickeval import evaluate_grounding, evaluate_ocr, row_question
@@ -173,7 +174,7 @@ def run_warmup(cfg: WarmupConfig) -> dict:
                 boxes = [loosen_box(b, cfg.loose_margin) if rng.random() < cfg.loose_share else b for b in boxes]
             answers = [format_box(b) for b in boxes]
         images = [load_image(data / r["image"]) for r in batch_rows]
-        batch = sft_batch(processor, texts, images, answers)
+        batch = sft_batch(processor, texts, images, answers, LLAVA)
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

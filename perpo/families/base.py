@@ -32,6 +32,8 @@ class Family:
             "original": the image as it is, which any resize preserves once coordinates are normalised).
         pixel_boxes: its answers are not normalised to [0, 1] but coordinates of a frame `answer_pixels` sizes:
             absolute pixels of the image its processor makes (Qwen2.5-VL), or a fixed 0-1000 grid (Qwen3-VL).
+        pad_to_square: the checkpoint was trained on images padded to a square (`perpo.images.expand2square`),
+            whatever its processor config says (LLaVA-1.5: the public llava-hf processors centre-crop instead).
     """
 
     model_type: str
@@ -44,6 +46,24 @@ class Family:
     grounding_template: str = GROUNDING_QUESTION
     default_frame: str = "padded"
     pixel_boxes: bool = False
+    pad_to_square: bool = False
+
+    def prepare_image(self, image):
+        """The image as this family's checkpoints were trained to see it, before the processor: every path that
+        hands an image to a model calls this (sampling, training, held-out scoring, GRPO, the lmms-eval wrapper).
+
+        Args:
+            image: an RGB PIL image, or None (a prompt without an image).
+
+        Returns:
+            LLaVA-1.5 (`pad_to_square`): the image padded to its square with the CLIP mean; other families: the
+            image itself, which their processors resize or tile as their checkpoints were trained.
+        """
+        if image is None or not self.pad_to_square:
+            return image
+        from perpo.images import expand2square
+
+        return expand2square(image)
 
     def trained_modules(self, config) -> list[str]:
         """The modules trained fully beside LoRA (peft `modules_to_save`): the projector(s) into the language model."""

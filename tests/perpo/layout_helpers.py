@@ -7,6 +7,7 @@ import torch
 
 from perpo.data.collate import encode_prompts
 from perpo.embedded.tiny import build_family
+from perpo.families import family_of
 from perpo.logprobs import ListBatch
 from perpo.losses import perpo_loss
 from perpo.prompts import chat_prompt
@@ -21,7 +22,7 @@ def family_batch(family: str, spec, responses: list[list[str]]):
     model.eval()
     images = [Image.new("RGB", (30, 17), (220, 40, 40)), None, Image.new("RGB", (17, 40), (40, 200, 40))]
     prompts = [chat_prompt(processor, f"the red circle {i}", with_image=im is not None) for i, im in enumerate(images)]
-    prompt_ids, extra = encode_prompts(processor, prompts, images)
+    prompt_ids, extra = encode_prompts(processor, prompts, images, family_of(model))
     tok = processor.tokenizer
     ids = [[tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts] for texts in responses]
     return model, ListBatch(prompt_ids, ids, extra, [im is not None for im in images])

@@ -9,6 +9,7 @@ import torch
 
 from perpo.boxes import format_box, gt_box_in_frame
 from perpo.data.collate import ListCollator
+from perpo.families import LLAVA
 from perpo.io import read_jsonl
 from perpo.prompts import grounding_question
 
@@ -59,8 +60,8 @@ def test_cached_batches_equal_fresh_ones_every_epoch(on_answers, tiny_llava, syn
 
     processor = load_processor(tiny_llava)
     records = _records(synth_data)
-    plain = ListCollator(processor, synth_data, N, on_answers=on_answers)
-    cached = ListCollator(processor, synth_data, N, on_answers=on_answers, cache=True)
+    plain = ListCollator(processor, synth_data, N, family=LLAVA, on_answers=on_answers)
+    cached = ListCollator(processor, synth_data, N, family=LLAVA, on_answers=on_answers, cache=True)
     _epochs(records, plain, cached)
     assert cached.cache and len(cached._encoded) == len(records)  # every list encoded once, then reused
 
@@ -72,8 +73,8 @@ def test_on_answers_the_batch_is_each_lists_answer_alone_with_reward_0(tiny_llav
 
     processor = load_processor(tiny_llava)
     records = _records(synth_data)[:3]
-    answers = ListCollator(processor, synth_data, N, on_answers=True)(records)
-    lists = ListCollator(processor, synth_data, N)(records)
+    answers = ListCollator(processor, synth_data, N, family=LLAVA, on_answers=True)(records)
+    lists = ListCollator(processor, synth_data, N, family=LLAVA)(records)
     assert answers["batch"].prompt_ids == lists["batch"].prompt_ids
     expected = encode_responses(processor.tokenizer, [r["answer"] for r in records])
     assert answers["batch"].response_ids == [[a] for a in expected]
@@ -85,8 +86,10 @@ def test_cache_stops_growing_at_its_memory_limit(tiny_llava, synth_data):
 
     processor = load_processor(tiny_llava)
     records = _records(synth_data)
-    plain = ListCollator(processor, synth_data, N)
-    cached = ListCollator(processor, synth_data, N, cache=True, cache_bytes=1)  # full after the first image
+    plain = ListCollator(processor, synth_data, N, family=LLAVA)
+    cached = ListCollator(
+        processor, synth_data, N, family=LLAVA, cache=True, cache_bytes=1
+    )  # full after the first image
     _epochs(records, plain, cached, epochs=2)
     assert 1 <= len(cached._encoded) <= 2  # the first list with an image (and a text-only one before it)
 
@@ -98,7 +101,7 @@ def test_batch_dependent_image_inputs_switch_the_cache_off(family, tiny_spec, sy
 
     _, processor = build_family(family, tiny_spec)
     records = _records(synth_data, count=6)
-    plain = ListCollator(processor, synth_data, N)
-    cached = ListCollator(processor, synth_data, N, cache=True)
+    plain = ListCollator(processor, synth_data, N, family=LLAVA)
+    cached = ListCollator(processor, synth_data, N, family=LLAVA, cache=True)
     _epochs(records, plain, cached, epochs=2)
     assert not cached.cache

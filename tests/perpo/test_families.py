@@ -54,8 +54,8 @@ def test_image_inputs_are_what_the_processor_gives_and_caching_follows_the_pixel
     prompts = [chat_prompt(processor, "the red circle") for _ in images]
     encoded = processor(images=images, text=prompts, padding=True, return_tensors="pt")
     assert set(family.image_inputs) <= set(encoded)  # NeXT / OneVision also give batch_num_images: not needed
-    _, together = encode_prompts(processor, prompts, images, family.image_inputs)
-    _, alone = encode_prompts(processor, prompts[:1], images[:1], family.image_inputs)
+    _, together = encode_prompts(processor, prompts, images, family)
+    _, alone = encode_prompts(processor, prompts[:1], images[:1], family)
     # The collator caches a list as its own pixel row: only when an image is one [C, H, W] row whatever the batch.
     assert family.per_image_pixels == (
         together["pixel_values"].dim() == 4 and family.image_inputs == ("pixel_values",)
