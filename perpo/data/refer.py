@@ -39,8 +39,12 @@ class UnsafePickleError(ConfigError, pickle.UnpicklingError):
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
+    """Lists, dicts, strings and numbers only. The refer toolkit wrote its pickles under Python 2, whose `str` is
+    bytes: they load as `bytes` here (`encoding="bytes"`) and `_text` decodes them as UTF-8 (Latin-1 where that
+    fails), so an expression written in UTF-8 by Python 2 reads as the same text (Python 3's pickles have none)."""
+
     def __init__(self, file, source: str):
-        super().__init__(file, encoding="latin1")
+        super().__init__(file, encoding="bytes")
         self._source = source
 
     def find_class(self, module: str, name: str):
@@ -51,8 +55,22 @@ class _PlainDataUnpickler(pickle.Unpickler):
         )
 
 
+def _text(value):
+    """`value` with every `bytes` (a Python 2 `str`) decoded, in dict keys and values and list items."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value.decode("latin-1")
+    if isinstance(value, dict):
+        return {_text(k): _text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_text(v) for v in value]
+    return value
+
+
 def load_refs(path: str | Path) -> list[dict]:
-    """Load a refs(<split_by>).p pickle with the restricted unpickler.
+    """Load a refs(<split_by>).p pickle with the restricted unpickler (Python 2's protocols 0-2 and Python 3's).
 
     Raises:
         UnsafePickleError: the pickle references any global (class, function), e.g. a crafted payload.
@@ -65,7 +83,7 @@ def load_refs(path: str | Path) -> list[dict]:
     )
     with path.open("rb") as handle:
         try:
-            refs = _PlainDataUnpickler(io.BufferedReader(handle), str(path)).load()
+            refs = _text(_PlainDataUnpickler(io.BufferedReader(handle), str(path)).load())
         except UnsafePickleError:
             raise
         except Exception as err:  # a damaged pickle raises EOFError, UnpicklingError, ValueError, KeyError, ...

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import pickle
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,11 +130,41 @@ def test_truncated_or_empty_refs_pickle_names_the_file_and_the_fix(tmp_path, dat
     assert "re-download the refs file" in str(err.value) and not isinstance(err.value, UnsafePickleError)
 
 
-def test_python2_style_refs_pickle_loads(tmp_path):
-    refs = [{"ref_id": 1, "sentences": [{"sent": "man", "sent_id": 2}], "split": "val"}]
+def _py2_pickle():
+    spec = importlib.util.spec_from_file_location(
+        "py2_pickle", Path(__file__).parents[1] / "fixtures" / "py2_pickle.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("protocol", [0, 2])
+def test_python2_refs_pickle_loads_with_its_text_decoded(tmp_path, protocol):
+    """As the refer toolkit wrote them under Python 2: `str` keys and values (bytes, here one in UTF-8), `unicode`,
+    `long` ids, protocol 0 (its default) or 2."""
+    py2 = _py2_pickle()
+    ref = {
+        b"ref_id": py2.Long(5), b"ann_id": 1099511627776, b"image_id": 581857, b"split": b"val",
+        b"sentences": [{b"sent": b"caf\xc3\xa9 on the left", b"raw": "Café on the left", b"sent_id": 0,
+                        b"tokens": [b"cafe", b"on"]}],
+        b"file_name": b"COCO_train2014_000000581857_16.jpg", b"area": 120.5, b"note": None,
+    }  # fmt: skip
     path = tmp_path / "refs(unc).p"
-    path.write_bytes(pickle.dumps(refs, protocol=2))
-    assert load_refs(path) == refs
+    path.write_bytes(py2.dumps([ref, ref], protocol))
+    loaded = load_refs(path)
+    assert loaded[0] == loaded[1] == {
+        "ref_id": 5, "ann_id": 1099511627776, "image_id": 581857, "split": "val",
+        "sentences": [{"sent": "café on the left", "raw": "Café on the left", "sent_id": 0, "tokens": ["cafe", "on"]}],
+        "file_name": "COCO_train2014_000000581857_16.jpg", "area": 120.5, "note": None,
+    }  # fmt: skip
+
+
+def test_a_python2_pickle_that_imports_code_is_refused(tmp_path):
+    path = tmp_path / "refs(unc).p"
+    path.write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")  # protocol 0: os.system('echo pwned')
+    with pytest.raises(UnsafePickleError, match="refused to load 'os.system'"):
+        load_refs(path)
 
 
 def test_missing_refer_files_name_the_layout(tmp_path):
