@@ -344,6 +344,9 @@ def _sample(argv: list[str]) -> int:
         "byte-identical to one process (docs/scale.md).",
     )
     summary = run_sample(cfg)
+    if cfg.dry_run:
+        print(summary["estimate"]["line"])
+        return 0
     shard = f" in shard {summary['rank'] + 1} of {summary['shards']}" if "rank" in summary else ""
     merged = f"; {summary['merged']} merged in from shard files" if summary.get("merged") else ""
     print(
@@ -478,6 +481,11 @@ def _eval(argv: list[str]) -> int:
         "the YAML.",
     )
     run = run_eval(cfg)
+    if cfg.dry_run:
+        print(
+            run["plan"]["line"] if run["plan"] else f"{cfg.model} is not a local checkpoint folder: nothing to check"
+        )
+        return 0
     for task, metrics in run["summary"].items():
         shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
         print(f"{task}: {shown}")

@@ -84,6 +84,11 @@ class EvalConfig:
         "cores): each scores a share of the documents; the results equal one process's",
     )
     extra_args: list[str] = opt([], help="more lmms-eval CLI arguments, passed as given")
+    dry_run: bool = opt(
+        False,
+        help="print the memory estimate of a generate call (weights + the KV cache of batch_size sequences, the "
+        "prompt measured on a 640 x 480 image) and check it and the context, then stop: lmms-eval does not start",
+    )
 
     def __post_init__(self):
         check_numbers(self)
@@ -208,6 +213,57 @@ def keep_training_record(adapter: Path, folder: Path) -> None:
         shutil.copyfile(stats, folder / "stats.json")
 
 
+def task_max_new_tokens(tasks: list[str]) -> int:
+    """The longest answer the perpo tasks among `tasks` allow: the `max_new_tokens` of their folder's task files
+    (`lmms_tasks/tasks/<folder>/`, found without importing the tasks; 64 for a task of another suite)."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("lmms_tasks")
+    root = Path(spec.origin).parent / "tasks" if spec and spec.origin else None
+    longest = 64
+    for task in tasks:
+        folder = next((f for f in sorted(root.iterdir()) if task.startswith(f.name)), None) if root else None
+        for path in sorted(folder.glob("*yaml")) if folder else []:
+            for value in re.findall(r"max_new_tokens:\s*(\d+)", path.read_text(encoding="utf-8")):
+                longest = max(longest, int(value))
+    return longest
+
+
+def eval_plan(cfg: EvalConfig) -> dict | None:
+    """Check an evaluation against the model's context and the device's memory before lmms-eval starts, and log
+    the estimate (a local checkpoint folder only: a hub id is not read here).
+
+    Raises:
+        ConfigError: the prompt plus max_new_tokens exceeds the context, or (on a GPU) a generate call of
+            batch_size sequences does not fit.
+    """
+    from PIL import Image
+    from transformers import AutoConfig
+
+    from perpo.families import family_of
+    from perpo.memory import check_context, check_fits, device_memory, generation_estimate, prompt_tokens
+    from perpo.modeling import load_processor, resolve_device, resolve_dtype
+    from perpo.prompts import grounding_question
+
+    if not (Path(cfg.model) / "config.json").is_file():
+        return None
+    config = AutoConfig.from_pretrained(cfg.model)
+    family = family_of(config)
+    question = grounding_question("the man on the left", family.grounding_template)
+    prompt = prompt_tokens(load_processor(cfg.model), family, question, Image.new("RGB", (640, 480)))
+    new_tokens = cfg.max_new_tokens or task_max_new_tokens(cfg.tasks)
+    check_context(config, prompt, new_tokens, f"perpo eval {cfg.model}")
+    device = resolve_device(cfg.device)
+    value_bytes = resolve_dtype(cfg.dtype or "auto", device).itemsize
+    estimate = generation_estimate(cfg.model, config, cfg.batch_size, prompt + new_tokens, value_bytes)
+    line = f"perpo eval: batch_size {cfg.batch_size}, prompt {prompt} tokens (640 x 480 image); {estimate.describe()}"
+    logger.info(line)
+    if cfg.model_wrapper == "perpo_llava":
+        check_fits(estimate, device_memory(device), f"perpo eval --batch_size {cfg.batch_size}")
+    return {"line": line, "prompt_tokens": prompt, "total": estimate.total}
+
+
 def run_eval(cfg: EvalConfig, echo: TextIO | None = sys.stderr) -> dict:
     """Run lmms-eval as `cfg` says and collect its outputs into `cfg.output_dir` (see the module docstring).
 
@@ -223,6 +279,9 @@ def run_eval(cfg: EvalConfig, echo: TextIO | None = sys.stderr) -> dict:
     """
     from perpo.modeling import resolve_device
 
+    plan = eval_plan(cfg)
+    if cfg.dry_run:
+        return {"plan": plan}
     out = Path(cfg.output_dir)
     env = {**os.environ, **data_environment(cfg)}
     if cfg.processes > 1 and resolve_device(cfg.device) == "cpu" and "OMP_NUM_THREADS" not in env:

@@ -93,6 +93,11 @@ class SampleConfig:
         help="worker processes started here, each sampling its shard (one GPU each when there are as many); the "
         "shards merge into --out, the same bytes as one process. Under torchrun / accelerate launch leave 1",
     )
+    dry_run: bool = opt(
+        False,
+        help="print the memory estimate of a generate call (weights + the KV cache of batch_size x n rows) and "
+        "check it and the prompt length against the device and the model's context, then stop: no weights load",
+    )
 
     def __post_init__(self):
         check_numbers(self)
@@ -365,6 +370,47 @@ def check_box_units(records: Sequence[dict], model, processor, image_dir: Path, 
             )
 
 
+def sample_plan(cfg: SampleConfig, device: str, record: dict | None = None) -> dict:
+    """Check a sampling run against its device and model before any weight loads, and log the estimate.
+
+    The prompt is measured on `record` (default: the first instruction) with its image; the KV cache of the
+    `batch_size x n` rows of a `generate` call is sized from the checkpoint's config (`perpo.memory`).
+
+    Raises:
+        ConfigError: the prompt plus max_new_tokens exceeds the model's context, or (hf backend, on a GPU) the
+            estimate exceeds the device's memory.
+    """
+    from transformers import AutoConfig
+
+    from perpo.families import family_of
+    from perpo.io import load_image
+    from perpo.memory import check_context, check_fits, device_memory, generation_estimate, prompt_tokens
+
+    source = Path(cfg.instructions)
+    if record is None:
+        records = load_records(source, stage="instructions")
+        if not records:
+            raise RecordError(f"{source}: no instructions to sample")
+        record = rebase_image(
+            records[0], Path(cfg.image_root) if cfg.image_root else source.parent, Path(cfg.out).parent
+        )
+    config = AutoConfig.from_pretrained(cfg.model)
+    processor = load_processor(cfg.model)
+    image = resolve_image(record, Path(cfg.out).parent)
+    prompt = prompt_tokens(
+        processor, family_of(config), record["question"], None if image is None else load_image(image)
+    )
+    check_context(config, prompt, cfg.max_new_tokens, f"perpo sample ({record['id']!r})")
+    value_bytes = resolve_dtype(cfg.dtype, device).itemsize
+    rows = cfg.batch_size * cfg.n
+    estimate = generation_estimate(cfg.model, config, rows, prompt + cfg.max_new_tokens, value_bytes)
+    line = f"perpo sample: batch_size {cfg.batch_size} x n {cfg.n}, prompt {prompt} tokens; {estimate.describe()}"
+    logger.info(line)
+    if cfg.backend == "hf":  # vLLM pages its cache within gpu_memory_utilization itself
+        check_fits(estimate, device_memory(device), f"perpo sample --batch_size {cfg.batch_size} --n {cfg.n}", cfg.n)
+    return {"line": line, "prompt_tokens": prompt, "rows": rows, "total": estimate.total}
+
+
 def run_sample(cfg: SampleConfig, backend: GenerationBackend | None = None) -> dict:
     """Sample `cfg.n` responses for every unfinished instruction and append them to `cfg.out`.
 
@@ -389,6 +435,10 @@ def run_sample(cfg: SampleConfig, backend: GenerationBackend | None = None) -> d
     from perpo.distributed import launch_from_env
 
     launch = launch_from_env()
+    if cfg.dry_run:
+        from perpo.distributed import rank_device
+
+        return {"estimate": sample_plan(cfg, rank_device(resolve_device(cfg.device), launch.local_rank))}
     if cfg.processes > 1:
         if launch.world > 1:
             raise ConfigError(
@@ -632,6 +682,7 @@ def sample_shard(cfg: SampleConfig, backend: GenerationBackend | None = None, la
         return summary | {"sampled": 0, "seconds": round(time.perf_counter() - began, 2)}
 
     if backend is None:
+        sample_plan(cfg, device, todo[0])  # refuses a batch that cannot fit, or a prompt beyond the context
         backend = BACKENDS[cfg.backend](cfg, device=device, dtype=resolve_dtype(cfg.dtype, device))
     if getattr(backend, "processor", None) is not None:
         check_box_units(todo, backend.model, backend.processor, out.parent, source)

@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from perpo.config import ConfigError, check_numbers, opt
 from perpo.data.schema import RecordError, dump_record, load_records, rebase_image, resolve_image
@@ -72,6 +72,17 @@ class BuildDataConfig:
     n: int = opt(0, ge=0, help="use only the first n responses of each list (0 = all); lists with fewer are an error")
     image_root: str = opt("", help="folder relative image paths of the samples are read from (default: its folder)")
     check_images: bool = opt(True, help="fail when the image of a kept list is missing")
+    exclude_eval: str = opt(
+        "",
+        help="comma-separated evaluation sets whose images must not be trained on, compared by the sha256 of the "
+        "image file: a folder (its *.jsonl and *_page_ocr.json: `perpo data refcoco`'s output, a Fox folder), a "
+        "JSONL with an `image` field, or a Fox page list (perpo/data/overlap.py)",
+    )
+    eval_overlap: Literal["refuse", "drop"] = opt(
+        "refuse",
+        help="what an instruction on an evaluation image does: refuse (stop, naming the overlap) or drop (leave "
+        "those lists out, counted in stats.json)",
+    )
     bins: int = opt(20, ge=1, help="histogram bins")
 
     def __post_init__(self):
@@ -260,6 +271,36 @@ def stats_figure(stats: dict) -> bytes:
     return buffer.getvalue()
 
 
+def _without_eval_images(
+    records: list[dict], image_root: Path, cfg: BuildDataConfig, source: Path
+) -> tuple[list[dict], dict | None]:
+    """The records whose image is not an evaluation image of `--exclude_eval`, and what was found.
+
+    Raises:
+        ConfigError: some are (with `--eval_overlap refuse`), naming how many and the first few.
+    """
+    from perpo.data.overlap import eval_images, overlapping
+
+    paths = [p.strip() for p in cfg.exclude_eval.split(",") if p.strip()]
+    if not paths:
+        return records, None
+    hashes = eval_images(paths)
+    found = overlapping([resolve_image(r, image_root) for r in records], hashes)
+    summary = {"eval_sets": paths, "eval_images": len(hashes), "overlapping_lists": len(found)}
+    summary["action"] = cfg.eval_overlap
+    if found and cfg.eval_overlap == "refuse":
+        shown = "; ".join(f"{records[i]['id']!r} is {name}" for i, name in found[:3])
+        raise ConfigError(
+            f"{source}: {len(found)} of {len(records)} instructions are on evaluation images ({shown}"
+            f"{'; ...' if len(found) > 3 else ''}): make the instructions from images that are not evaluation "
+            "images, or pass --eval_overlap drop to leave those lists out"
+        )
+    if found:
+        logger.info("%s: left out %d lists on evaluation images (--exclude_eval)", source, len(found))
+    dropped = {i for i, _ in found}
+    return [r for i, r in enumerate(records) if i not in dropped], summary
+
+
 def run_build_data(cfg: BuildDataConfig) -> dict[str, Any]:
     """Score, filter and write the listwise training data; returns the statistics (also in `stats.json`).
 
@@ -285,6 +326,8 @@ def run_build_data(cfg: BuildDataConfig) -> dict[str, Any]:
             )
     if cfg.n:
         records = [{**r, "responses": r["responses"][: cfg.n]} for r in records]
+    image_root = Path(cfg.image_root) if cfg.image_root else source.parent
+    records, overlap = _without_eval_images(records, image_root, cfg, source)
     reward = cfg.reward or TASK_REWARDS[task]
     try:
         get_reward(reward)
@@ -318,7 +361,6 @@ def run_build_data(cfg: BuildDataConfig) -> dict[str, Any]:
     kept = [r["id"] in keep for r in records]
 
     out = Path(cfg.out)
-    image_root = Path(cfg.image_root) if cfg.image_root else source.parent
     base = Path(os.path.abspath(out))
     train = []
     for number, (record, scores) in enumerate(zip(records, rewards, strict=True), start=1):
@@ -334,6 +376,7 @@ def run_build_data(cfg: BuildDataConfig) -> dict[str, Any]:
 
     stats = data_stats(records, rewards, passing, kept, task=task, reward=reward, margin=margin, bins=cfg.bins)
     stats |= {"samples": str(source), "target_count": cfg.target_count, "seed": cfg.seed, "n": cfg.n or None}
+    stats |= {"eval_overlap": overlap}
     png = stats_figure(stats)
 
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,152 @@
+"""The documented real-model recipes, run as printed: README.md's LLaVA-1.5 + RefCOCO block and docs/recipes.md's
+Qwen2.5-VL + RefCOCO and LLaVA-NeXT + Fox blocks, command by command, in an empty folder.
+
+Only what a CPU test must change is substituted, each rule listed in `SUBSTITUTIONS`: the process count, the
+device and dtype. The checkpoint folder the recipe names (`checkpoints/...`) holds a stand-in of that family with
+the public checkpoint's processor (`perpo.embedded.tiny.PUBLIC_IMAGE_PROCESSORS`); `$DATA` is a fixture in the
+real layouts with non-square images (`recipe_data.py`). The training line goes through the launcher it prints
+(`deepspeed`, which starts on the CPU here). Every file a step reads that is not a packaged config or `$DATA` must
+have been written by an earlier step, since the folder starts empty.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import recipe_data
+
+from perpo.cli import main
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).parents[2]
+BIN = Path(sys.executable).parent
+
+# (pattern, replacement) applied to each command line, in order: what a two-core CPU cannot do as printed.
+SUBSTITUTIONS = [
+    (r"--processes \d+", "--processes 1"),
+    (r"--num_gpus \d+", "--num_gpus 1"),
+    (r"^(perpo (?:sample|eval) .*)$", r"\1 --device cpu --dtype float32"),
+    (r"^(deepspeed .* perpo\.cli train .*)$", r"\1 --bf16 false --dtype float32 --use_cpu true"),
+]
+CONFIG_FOLDERS = ("perpo/configs", "eval_configs", "reports/configs")
+
+
+def recipe_commands(path: Path, heading: str) -> list[str]:
+    """The commands of the first bash block after `heading` in `path`: continuation lines joined, comments and
+    blank lines dropped."""
+    text = path.read_text(encoding="utf-8")
+    start = text.index(heading)
+    block = text[text.index("```bash\n", start) + 8 : text.index("\n```", text.index("```bash\n", start))]
+    commands = []
+    for line in block.replace("\\\n", " ").splitlines():
+        line = re.sub(r"\s+#.*$", "", line).strip()
+        if line and not line.startswith("#"):
+            commands.append(re.sub(r"\s+", " ", line))
+    return commands
+
+
+def substituted(command: str) -> str:
+    for pattern, replacement in SUBSTITUTIONS:
+        command = re.sub(pattern, replacement, command)
+    return command
+
+
+def run_recipe(commands: list[str], work: Path, data: Path) -> list[str]:
+    """Run each command in `work` as a shell would (with `DATA` set); returns the lines run."""
+    env = os.environ | {"DATA": str(data), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    ran = []
+    for command in commands:
+        began = time.perf_counter()
+        line = substituted(command)
+        words = shlex.split(line.replace("$DATA", str(data)))
+        if words[0] == "perpo":  # in this process: the same argv, without another interpreter's start-up
+            cwd = os.getcwd()
+            os.chdir(work)
+            try:
+                assert main(words[1:]) == 0, line
+            finally:
+                os.chdir(cwd)
+        else:
+            result = subprocess.run(words, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+            assert result.returncode == 0, f"{line}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+        ran.append(line)
+        print(f"RECIPE-STEP {time.perf_counter() - began:6.1f} s  {line}")
+    return ran
+
+
+def workspace(tmp_path: Path, checkpoints: dict[str, Path]) -> Path:
+    """An empty folder with the packaged configs (as in a clone) and the stand-in checkpoints."""
+    work = tmp_path / "work"
+    for folder in CONFIG_FOLDERS:
+        (work / folder).parent.mkdir(parents=True, exist_ok=True)
+        (work / folder).symlink_to(ROOT / folder, target_is_directory=True)
+    for name, source in checkpoints.items():
+        (work / "checkpoints").mkdir(exist_ok=True)
+        shutil.copytree(source, work / "checkpoints" / name)
+    return work
+
+
+def test_the_llava15_refcoco_recipe_of_the_readme_runs_as_printed(tmp_path, base_model_asset):
+    data = recipe_data.write_refer(tmp_path / "data")
+    work = workspace(tmp_path, {"llava-1.5-7b-hf": base_model_asset})
+    commands = recipe_commands(ROOT / "README.md", "## Pointing it at a real model")
+    assert commands == recipe_commands(ROOT / "docs" / "recipes.md", "## LLaVA-1.5-7B on RefCOCO")
+    run_recipe(commands, work, data)
+
+    stats = json.loads((work / "runs/data/llava15_7b_refcoco_lists/stats.json").read_text())
+    assert stats["eval_overlap"]["overlapping_lists"] >= 1  # image 5: RefCOCO train and RefCOCOg val
+    assert (work / "runs/train/llava15_7b_perpo_refcoco/adapter_model.safetensors").is_file()
+    for run in ("llava15_7b_refcoco", "llava15_7b_refcoco_bon20", "llava15_7b_perpo_refcoco"):
+        results = json.loads((work / "runs/eval" / run / "results.json").read_text())
+        assert results["results"], run
+    assert (work / "runs/report/llava15_7b_refcoco/index.md").is_file()
+
+
+def test_the_7b_configs_print_their_memory_and_a_batch_that_cannot_fit_is_refused(
+    tmp_path, base_model_asset, tiny_model_of, monkeypatch, capsys
+):
+    """`--dry_run` on config-only stand-ins of the public 7B checkpoints (their config.json and processor, no
+    weights), a 640 x 480 photo and an 80 GiB device: the figures docs/scale.md prints, and the paper's batch of
+    16 x 20 rows refused before any weight loads."""
+    from PIL import Image
+
+    import perpo.memory
+
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (640, 480), (90, 120, 30)).save(photo)
+    instructions = tmp_path / "instructions.jsonl"
+    record = {"id": "a", "task": "grounding", "image": str(photo), "answer": "[0.10, 0.10, 0.20, 0.20]",
+              "question": "Please provide the bounding box coordinate of the region this sentence describes: the red "
+              "circle.", "target": [0.1, 0.1, 0.2, 0.2], "frame": "padded"}  # fmt: skip
+    instructions.write_text(json.dumps(record) + "\n")
+    llava = recipe_data.write_config_only_7b(tmp_path / "llava-1.5-7b", "llava", base_model_asset)
+    qwen = recipe_data.write_config_only_7b(tmp_path / "qwen2.5-vl-7b", "qwen2_5_vl", tiny_model_of("qwen2_5_vl"))
+    monkeypatch.setattr(perpo.memory, "device_memory", lambda device: 80 * perpo.memory.GIB)
+    monkeypatch.chdir(ROOT)
+    scale = (ROOT / "docs" / "scale.md").read_text(encoding="utf-8")
+
+    def dry_run(*argv: str) -> str:
+        assert main([*argv, "--dry_run", "true"]) == 0
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        assert line.split("memory estimate: ", 1)[1] in scale, line  # the figures docs/scale.md prints
+        return line
+
+    sample = ["--instructions", str(instructions), "--out", str(tmp_path / "s.jsonl")]
+    dry_run("sample", "perpo/configs/sample_llava15_7b_refcoco.yaml", "--model", str(llava), *sample)
+    dry_run("sample", "perpo/configs/sample_qwen2_5_vl_7b_refcoco.yaml", "--model", str(qwen), *sample)
+    for config in ("llava15_7b_refcoco", "llava15_7b_refcoco_bon20", "llava15_7b_fox"):
+        dry_run("eval", f"eval_configs/{config}.yaml", "--model", str(llava))
+    argv = ["sample", "perpo/configs/sample_llava15_7b_refcoco.yaml", "--model", str(llava), *sample]
+    assert main([*argv, "--batch_size", "16"]) == 2  # the paper's 16 instructions x 20, before any weight loads
+    error = capsys.readouterr().err
+    assert "KV cache 320 rows x 648 tokens x 512 KiB = 101.2 GiB" in error and "lower --batch_size to 8" in error
+    assert not (tmp_path / "s.jsonl").exists()
