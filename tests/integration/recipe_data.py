@@ -95,7 +95,9 @@ def write_pages(folder: Path, language: str, count: int, seed: int) -> Path:
         lines = [rng.choice(PAGE_WORDS) for _ in range(rng.randint(2, 3))]
         text = "\n".join(lines)
         page = Image.new("RGB", (48, 64), (255, 255, 255))
-        ImageDraw.Draw(page).multiline_text((1, 2), text, fill=(0, 0, 0), spacing=6)
+        draw = ImageDraw.Draw(page)
+        draw.multiline_text((1, 2), text, fill=(0, 0, 0), spacing=6)
+        draw.point((47, seed * 8 + index), fill=(0, 0, 0))  # a page-number mark: no two pages of any set are equal
         name = f"{language}_{index}.png"
         page.save(image_dir / name)
         entries.append(

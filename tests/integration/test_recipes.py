@@ -150,3 +150,43 @@ def test_the_7b_configs_print_their_memory_and_a_batch_that_cannot_fit_is_refuse
     error = capsys.readouterr().err
     assert "KV cache 320 rows x 648 tokens x 512 KiB = 101.2 GiB" in error and "lower --batch_size to 8" in error
     assert not (tmp_path / "s.jsonl").exists()
+
+
+def llava_next_standin(out: Path) -> Path:
+    """LLaVA-NeXT built around the committed OCR tiny's trained weights (its projector, towers and language model;
+    the anyres newline embedding at zero), with llava-v1.6-vicuna-7b-hf's processor and Vicuna's 4,096-token
+    context: a NeXT checkpoint that can read the fixture's pages."""
+    from transformers import LlavaForConditionalGeneration
+
+    from perpo.embedded.demo import OCR_ASSET
+    from perpo.embedded.tiny import TinySpec, build_family
+
+    spec = TinySpec(**(json.loads((OCR_ASSET / "perpo_tiny.json").read_text()) | {"max_positions": 4096}))
+    model, processor = build_family("llava_next", spec)
+    assert model.load_state_dict(LlavaForConditionalGeneration.from_pretrained(OCR_ASSET).state_dict(), strict=False)
+    model.model.image_newline.data.zero_()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def test_the_llava_next_page_ocr_recipe_runs_as_printed_and_keeps_test_pages_out(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    recipe_data.write_pages(data / "ocr_train", "en", 4, seed=1)
+    for language, seed in (("en", 2), ("cn", 3)):
+        recipe_data.write_pages(data / "fox", language, 2, seed=seed)
+    standin = llava_next_standin(tmp_path / "standin")
+    work = workspace(tmp_path, {"llava-v1.6-vicuna-7b-hf": standin})
+    run_recipe(recipe_commands(ROOT / "docs" / "recipes.md", "## LLaVA-NeXT-7B on page OCR"), work, data)
+
+    assert (work / "runs/train/llava_next_7b_perpo_fox/adapter_model.safetensors").is_file()
+    for run in ("llava_next_7b_fox", "llava_next_7b_perpo_fox"):
+        results = json.loads((work / "runs/eval" / run / "results.json").read_text())["results"]
+        assert {"perpo_fox_en_page", "perpo_fox_cn_page"} <= set(results), run
+    assert (work / "runs/compare/llava_next_7b_fox").is_dir()
+    # a training page that is a test page stops the build, naming both
+    shutil.copy(data / "fox/en_pdf_png/en_1.png", data / "ocr_train/en_pdf_png/en_2.png")
+    monkeypatch.chdir(work)
+    argv = ["build-data", "perpo/configs/build_llava_next_fox_ocr.yaml", "--exclude_eval", str(data / "fox")]
+    assert main([*argv, "--out", str(tmp_path / "again")]) == 2
+    assert not (tmp_path / "again").exists()
