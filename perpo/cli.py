@@ -407,7 +407,12 @@ def _train(argv: list[str]) -> int:
 
 
 def _grpo(argv: list[str]) -> int:
-    from trl import GRPOConfig
+    from perpo.config import ConfigError
+
+    try:
+        from trl import GRPOConfig
+    except ImportError as err:
+        raise ConfigError(f"perpo grpo needs TRL, which is not installed ({err}): pip install 'perpo[grpo]'") from err
 
     from perpo.config import parse_command
     from perpo.grpo import GRPOArguments, run_grpo
@@ -457,7 +462,10 @@ def _export(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
     parser.add_argument("--base", default=None, help="base model (default: the one recorded in the adapter)")
     parser.add_argument(
-        "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="saved dtype (default float32)"
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="saved dtype (default auto: the base checkpoint's own, as its config.json records it)",
     )
     args = parser.parse_args(argv)
     from perpo.modeling import export_merged

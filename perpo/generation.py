@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from perpo.logprobs import family
+from perpo.logprobs import family, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,19 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the smallest set reaching top_p
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
+
+
+SAMPLING_DEFAULTS = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+                     "frequency_penalty": 0.0}  # fmt: skip
+"""What both backends set beside temperature and top_p, whatever the checkpoint's generation_config says: no
+top-k, min-p or repetition penalties (recorded with every sample's settings)."""
+
+
+def stop_ids(tokenizer, generation_config) -> list[int]:
+    """The tokens that end an answer: the tokenizer's EOS and the checkpoint's (Qwen's lists two)."""
+    ids = generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    return list(dict.fromkeys([tokenizer.eos_token_id, *ids]))
 
 
 @dataclass(frozen=True)
@@ -135,17 +149,31 @@ def generate(
     if temperature > 0:
         seeds = [row_seed(seed, r.key, i) for r in requests for i in range(n)]
         processors.append(GumbelSampler(seeds, temperature, top_p))
-    output = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        **prefill,
-        do_sample=False,
-        num_beams=1,
-        max_new_tokens=max_new_tokens,
-        logits_processor=processors,
+    # generate() fills every option it is not given from the checkpoint's generation_config (Qwen2.5-VL's ships a
+    # repetition penalty of 1.05): a neutral one stands in for the call, so the distribution is exactly
+    # softmax(logits / T) [top-p], the one `SAMPLING_DEFAULTS` records and the vLLM backend samples.
+    hf_model = unwrap(model)
+    checkpoint_config = hf_model.generation_config
+    hf_model.generation_config = GenerationConfig(
+        bos_token_id=checkpoint_config.bos_token_id,
+        eos_token_id=stop_ids(tokenizer, checkpoint_config),
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )  # [B*n, prompt + new]
+    )
+    # a family that repeats each image in its n rows still encodes it once (Qwen-VL: M-RoPE, no cache copy)
+    once = own.images_encoded_once(model, n) if n > 1 and not own.copies_prompt_cache else nullcontext()
+    try:
+        with once:
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                **prefill,
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=max_new_tokens,
+                logits_processor=processors,
+            )  # [B*n, prompt + new]
+    finally:
+        hf_model.generation_config = checkpoint_config
     new_tokens = output[:, input_ids.shape[1] :]
     texts = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     return [texts[i * n : (i + 1) * n] for i in range(len(requests))]

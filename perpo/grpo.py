@@ -163,7 +163,7 @@ def run_grpo(args: GRPOArguments, config, callbacks: list | None = None) -> Path
     from perpo.config import save_resolved
     from perpo.heldout import HeldoutEvaluator
     from perpo.io import write_json
-    from perpo.modeling import apply_lora, disable_dropout, load_model, load_processor
+    from perpo.modeling import apply_lora, disable_dropout, load_model, load_processor, master_dtype
     from perpo.trainer import DONE_FILE, checked_records, use_callbacks
 
     records, image_root = checked_records(
@@ -193,7 +193,7 @@ def run_grpo(args: GRPOArguments, config, callbacks: list | None = None) -> Path
     model.requires_grad_(False)
     model = apply_lora(
         model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=args.lora_targets,
-        train_projector=args.train_projector,
+        train_projector=args.train_projector, trainable_dtype=master_dtype(model, config),
     )  # fmt: skip
     trainer = GRPOTrainer(
         model=model,

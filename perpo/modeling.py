@@ -139,11 +139,19 @@ def apply_lora(
     dropout: float = 0.0,
     targets: tuple[str, ...] | list[str] = DEFAULT_LORA_TARGETS,
     train_projector: bool = True,
+    trainable_dtype: torch.dtype | None = None,
 ):
     """Wrap `model` with LoRA adapters; the projector trains fully as a `modules_to_save` copy.
 
     Everything else (vision tower, embeddings, LM head, base weights) is frozen. Keeping the trained projector
     inside peft means `model.disable_adapter()` gives back the exact initial model: the reference policy.
+
+    Args:
+        trainable_dtype: keep the trained weights (LoRA, the projector copy) in this dtype, e.g. float32 for a
+            bf16 model trained without DeepSpeed, whose optimizer would otherwise update bf16 weights directly
+            (at lr 5e-6 most updates of a weight near 0.02 round away: bf16 keeps 8 bits of mantissa). The
+            projector copy then casts its input to that dtype and its output back. None: the model's dtype (under
+            DeepSpeed, whose optimizer holds fp32 master weights and expects one dtype).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -163,10 +171,43 @@ def apply_lora(
     with warnings.catch_warnings():  # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing`
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         peft_model = get_peft_model(model, config, autocast_adapter_dtype=False)
+    if trainable_dtype is not None:
+        keep_trainable_in(peft_model, trainable_dtype)
     n_train = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in peft_model.parameters())
     logger.info("LoRA r=%d alpha=%d: %.2f M of %.2f M parameters train", r, alpha, n_train / 1e6, n_all / 1e6)
     return peft_model
+
+
+def master_dtype(model, training_args) -> torch.dtype | None:
+    """float32 for the trained weights of a half-precision model that no DeepSpeed optimizer holds fp32 master
+    weights for (`apply_lora(trainable_dtype=...)`), else None (the model's own dtype)."""
+    half = next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
+    return torch.float32 if half and not getattr(training_args, "deepspeed", None) else None
+
+
+def keep_trainable_in(peft_model, dtype: torch.dtype) -> None:
+    """Cast every trainable weight of a peft model to `dtype`; the trained projector copies compute in it (LoRA
+    layers cast their input to their own dtype already)."""
+    from peft.utils import ModulesToSaveWrapper
+
+    for parameter in peft_model.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.to(dtype)
+
+    def cast_in(module, args):
+        module._perpo_out_dtype = next((a.dtype for a in args if torch.is_tensor(a) and a.is_floating_point()), None)
+        return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    def cast_out(module, args, output):
+        out_dtype = module._perpo_out_dtype
+        return output.to(out_dtype) if out_dtype is not None and torch.is_tensor(output) else output
+
+    for wrapper in peft_model.modules():
+        if isinstance(wrapper, ModulesToSaveWrapper):
+            for copy in wrapper.modules_to_save.values():
+                copy.register_forward_pre_hook(cast_in)
+                copy.register_forward_hook(cast_out)
 
 
 @functools.cache
@@ -250,10 +291,22 @@ def frozen_copy(model):
     return reference.eval()
 
 
-def export_merged(adapter: str | Path, out: str | Path, *, base: str | None = None, dtype: str = "float32") -> Path:
+def checkpoint_dtype(model: str | Path) -> str:
+    """The dtype a checkpoint's config records (`dtype`, or the older `torch_dtype`); float32 when it records none."""
+    import json
+
+    config = Path(model) / "config.json"
+    recorded = json.loads(config.read_text()) if config.is_file() else {}
+    dtype = recorded.get("dtype") or recorded.get("torch_dtype") or "float32"
+    return dtype if dtype in DTYPES else "float32"
+
+
+def export_merged(adapter: str | Path, out: str | Path, *, base: str | None = None, dtype: str = "auto") -> Path:
     """Merge a trained LoRA adapter (and its `modules_to_save` projector) into the base model and save it.
 
     The result is a plain checkpoint (model + processor) that `from_pretrained` and every lmms-eval LLaVA wrapper load.
+    `dtype` "auto" writes the base checkpoint's own dtype (bf16 for the public 7B checkpoints: 14 GB, not 28); the
+    merge itself is computed in float32 and then cast.
     """
     import json
 
@@ -266,8 +319,9 @@ def export_merged(adapter: str | Path, out: str | Path, *, base: str | None = No
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} not found: is {adapter} a `perpo train` output folder?")
     base = base or json.loads(config_file.read_text())["base_model_name_or_path"]
-    model = load_model(base, dtype=dtype)
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    saved = checkpoint_dtype(base) if dtype == "auto" else dtype
+    model = load_model(base, dtype="float32")
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().to(getattr(torch, saved))
     processor_source = adapter if (adapter / "processor_config.json").is_file() else base
     with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp)

@@ -229,6 +229,8 @@ BACKENDS: dict[str, BackendLoader] = {"hf": load_hf_backend, "vllm": load_vllm_b
 
 def sampler_settings(cfg: SampleConfig, device: str) -> dict[str, Any]:
     """The `sampler` dict: every setting that determines the responses (stored in each record and the sidecar)."""
+    from perpo.generation import SAMPLING_DEFAULTS
+
     engine = {"engine": {"tensor_parallel_size": cfg.tensor_parallel_size} | json.loads(cfg.vllm_args or "{}")}
     return (engine if cfg.backend == "vllm" else {}) | {
         "backend": cfg.backend,
@@ -239,6 +241,7 @@ def sampler_settings(cfg: SampleConfig, device: str) -> dict[str, Any]:
         "n": cfg.n,
         "temperature": cfg.temperature,
         "top_p": cfg.top_p,
+        **SAMPLING_DEFAULTS,  # set by both backends, never taken from the checkpoint's generation_config
         "max_new_tokens": cfg.max_new_tokens,
         "seed": cfg.seed,
         "dtype": str(resolve_dtype(cfg.dtype, device)).removeprefix("torch."),

@@ -33,7 +33,7 @@ from perpo.data.collate import ListCollator
 from perpo.io import write_json
 from perpo.logprobs import LAYOUTS, ListBatch, ReferenceMemo, family, sequence_logps
 from perpo.losses import LOSS_NEEDS_REFERENCE, LOSS_ON_ANSWERS, LOSSES
-from perpo.modeling import DEFAULT_LORA_TARGETS
+from perpo.modeling import DEFAULT_LORA_TARGETS, keep_trainable_in, master_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -587,12 +587,14 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, args.init_adapter, is_trainable=True)
+        if (upcast := master_dtype(model, training_args)) is not None:
+            keep_trainable_in(model, upcast)
         if args.fuse_lora and not training_args.deepspeed:
             fuse_lora(model)
     elif args.use_lora:
         model = apply_lora(
             model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, targets=args.lora_targets,
-            train_projector=args.train_projector,
+            train_projector=args.train_projector, trainable_dtype=master_dtype(model, training_args),
         )  # fmt: skip
         if args.fuse_lora and not training_args.deepspeed:  # ZeRO-3 gathers weights through module hooks
             fuse_lora(model)

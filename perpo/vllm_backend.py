@@ -25,6 +25,7 @@ from typing import Any
 
 from perpo.config import ConfigError
 from perpo.families import family_of
+from perpo.generation import SAMPLING_DEFAULTS
 
 
 def request_seed(seed: int, key: str) -> int:
@@ -78,6 +79,7 @@ class VLLMBackend:
                 top_p=top_p,
                 max_tokens=max_new_tokens,
                 seed=request_seed(seed, r.key),
+                **SAMPLING_DEFAULTS,  # explicit: vLLM, too, would take the checkpoint's generation_config
             )
             for r in requests
         ]

@@ -104,6 +104,13 @@ class Family:
         """An answer as the family writes it, for a box in its units (normalised, or pixels of `answer_pixels`)."""
         return format_box(box)
 
+    def images_encoded_once(self, model, n: int):
+        """A context in which `generate` encodes each image once although the batch repeats it in `n` rows (the
+        families that do not copy a prompt cache); nothing to do for the others."""
+        from contextlib import nullcontext
+
+        return nullcontext()
+
     def prompt_positions(self, model, prompt_ids: list[list[int]], has_image: list[bool], images: dict):
         """Rotary positions of each prompt when they are not 0 .. P-1 (None: 1-D positions, as in Llama / LLaVA).
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from perpo.boxes import Box
@@ -67,6 +68,44 @@ class QwenVLFamily(Family):
             "pixel_values": torch.cat([pixels[starts[i] : starts[i] + sizes[i]] for i in picks]),
             "image_grid_thw": grid.index_select(0, index),
         }
+
+    @contextmanager
+    def images_encoded_once(self, model, n: int):
+        """Inside, the vision tower encodes each image once when the batch holds it `n` times in a row (the rows
+        of one instruction's n samples, which M-RoPE keeps from sharing one cached prompt) and repeats what it
+        computed, every output of it (merged tokens, DeepStack features), for the other copies. The images of a
+        batch are encoded independently of each other, so the result is the same."""
+        import torch
+
+        from perpo.logprobs import unwrap
+
+        visual = unwrap(model).model.visual
+        encode = visual.forward
+        merge = visual.spatial_merge_size**2
+
+        def once(hidden_states, grid_thw, **kwargs):
+            if n == 1 or len(grid_thw) % n or not torch.equal(grid_thw[::n].repeat_interleave(n, 0), grid_thw):
+                return encode(hidden_states, grid_thw=grid_thw, **kwargs)
+            patches = grid_thw.prod(-1).tolist()
+            blocks = torch.split(hidden_states, patches)
+            out = encode(torch.cat(blocks[::n]), grid_thw=grid_thw[::n], **kwargs)
+            sizes = [patches[::n], [p // merge for p in patches[::n]]]  # rows per image before / after merging
+
+            def repeat(value):
+                for rows in sizes:
+                    if torch.is_tensor(value) and value.shape[0] == sum(rows):
+                        return torch.cat([b for b in torch.split(value, rows) for _ in range(n)])
+                return [repeat(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+            for key in list(out.keys()):
+                out[key] = repeat(out[key])
+            return out
+
+        visual.forward = once
+        try:
+            yield
+        finally:
+            del visual.forward  # the class's own forward again
 
     def answer_pixels(self, processor, width: int, height: int) -> tuple[int, int]:
         """The size the processor resizes a `width` x `height` image to (`resized_size` with the processor's patch

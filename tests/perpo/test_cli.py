@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -122,3 +123,10 @@ def test_a_run_stopped_before_its_first_checkpoint_does_not_block_a_changed_reru
     (tmp_path / "checkpoint-1").mkdir()
     with pytest.raises(ConfigError, match=r"other settings \(learning_rate: 0.0 -> 0.0001\)"):
         check_rerun(tmp_path, fixed)
+
+
+def test_perpo_grpo_without_trl_names_the_extra_in_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "trl", None)  # import trl raises ImportError
+    assert main(["grpo", "--help"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "pip install 'perpo[grpo]'" in error, error

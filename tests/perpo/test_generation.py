@@ -106,3 +106,45 @@ def test_every_family_samples_per_row_and_its_greedy_rows_agree(family, tiny_spe
     greedy = generate(model, processor, _requests(processor, "abc"), n=2, max_new_tokens=5)
     single = generate(model, processor, _requests(processor, "abc"), n=1, max_new_tokens=5)
     assert [rows[0] for rows in greedy] == [rows[0] for rows in single] and all(a == b for a, b in greedy)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_the_checkpoints_generation_config_does_not_shape_the_answers(tiny_llava, temperature):
+    """A checkpoint may ship a repetition penalty (Qwen2.5-VL: 1.05) or a no-repeat rule; generate() would apply
+    them to every option it is not given. Neither changes perpo's answers, and the config is left as it was."""
+    model, processor = load_model(tiny_llava, dtype="float32"), load_processor(tiny_llava)
+    requests = _requests(processor, "abc")
+    plain = generate(model, processor, requests, n=2, temperature=temperature, max_new_tokens=12)
+    model.generation_config.repetition_penalty = 50.0
+    model.generation_config.no_repeat_ngram_size = 1
+    shaped = generate(model, processor, requests, n=2, temperature=temperature, max_new_tokens=12)
+    assert shaped == plain
+    assert model.generation_config.repetition_penalty == 50.0
+    # the premise: generate() left to the checkpoint's config would answer otherwise
+    inputs = processor(images=[requests[0].image], text=[requests[0].prompt], return_tensors="pt")
+    raw = model.generate(**inputs, do_sample=False, max_new_tokens=12)
+    model.generation_config.repetition_penalty, model.generation_config.no_repeat_ngram_size = 1.0, 0
+    neutral = model.generate(**inputs, do_sample=False, max_new_tokens=12)
+    assert not torch.equal(raw, neutral)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_a_qwen_image_is_encoded_once_for_its_n_samples(family, tiny_spec, monkeypatch):
+    """Qwen-VL's n rows of an instruction each carry the image (M-RoPE: no cache copy), but the vision tower sees
+    each image once, and the samples are those of every copy encoded."""
+    model, processor = build_family(family, tiny_spec)
+    model.eval()
+    seen = []
+    model.model.visual.patch_embed.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    requests = _requests(processor, "ac")
+    kwargs = dict(n=4, temperature=0.5, max_new_tokens=5, seed=2)
+    samples = generate(model, processor, requests, **kwargs)
+    images, prompts = [r.image for r in requests], [r.prompt for r in requests]
+    inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True)
+    assert seen == [inputs["pixel_values"].shape[0]]  # one copy of each image's patches, not four
+    from perpo.families.base import Family
+    from perpo.families.qwen2_5_vl import QwenVLFamily
+
+    monkeypatch.setattr(QwenVLFamily, "images_encoded_once", Family.images_encoded_once)  # every copy encoded
+    assert generate(model, processor, requests, **kwargs) == samples
+    assert seen[1] == 4 * seen[0]

@@ -26,6 +26,11 @@ class Params:
     top_p: float
     max_tokens: int
     seed: int
+    top_k: int
+    min_p: float
+    repetition_penalty: float
+    presence_penalty: float
+    frequency_penalty: float
 
 
 @dataclass
@@ -107,7 +112,9 @@ def test_requests_carry_the_chat_prompt_the_image_and_a_seed_per_instruction(bac
     assert prompts[1] == {"prompt": chat_prompt(processor, "Read it.", with_image=False)}
     picture = prompts[0]["multi_modal_data"]["image"]
     assert picture.mode == "RGB" and picture.size == (64, 64)
-    assert params[0] == Params(n=4, temperature=0.5, top_p=0.9, max_tokens=7, seed=request_seed(3, "a"))
+    # every shaping parameter explicit: vLLM would otherwise take the checkpoint's generation_config
+    neutral = dict(top_k=0, min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0)
+    assert params[0] == Params(n=4, temperature=0.5, top_p=0.9, max_tokens=7, seed=request_seed(3, "a"), **neutral)
     assert params[1].seed == request_seed(3, "b") != params[0].seed
     # completions come back in index order, whatever order the engine gave them in
     assert texts[0] == [f"{request_seed(3, 'a')}|{i}|img|0.5" for i in range(4)]
