@@ -42,24 +42,42 @@ def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str
     return f"{kwargs.get('pre_prompt', '')}{doc['question']}{kwargs.get('post_prompt', '')}"
 
 
-def _record(doc: dict, response: str) -> dict:
+MAX_RESPONSE_RATIO, MIN_RESPONSE_CAP = 4, 8192
+"""A response is scored on at most max(4 x the reference's length, 8,192) characters: a real transcription is far
+shorter, and a degenerate one (one character repeated 300,000 times) would otherwise stall jieba for minutes."""
+
+
+def scored_response(response: object, reference: str) -> tuple[str, dict]:
+    """The text a response is scored as, and what was done to it: a non-string (a wrapper's None) is empty text,
+    a response beyond the cap is cut there. Both are counted in the page's record."""
+    flags = {"not_text": not isinstance(response, str), "truncated": False}
+    text = response if isinstance(response, str) else ""
+    cap = max(MAX_RESPONSE_RATIO * len(reference), MIN_RESPONSE_CAP)
+    if len(text) > cap:
+        text, flags["truncated"] = text[:cap], True
+    return text, flags
+
+
+def _record(doc: dict, response: str, flags: dict) -> dict:
     return {
         "id": doc["id"],
         "language": doc["language"],
         "image": doc.get("file_name", ""),
         "reference_chars": len(doc["reference"]),
         "response_chars": len(response),
+        **flags,
     }
 
 
 def process_results(doc: dict, results: Sequence[str]) -> dict:
     """The Fox metrics of the first response of a page, both argument orders, plus `record`."""
-    response = results[0] if results else ""
+    raw = results[0] if results else ""
+    response, flags = scored_response(raw, doc["reference"])
     official = ocr_metrics(response, doc["reference"], official_order=True)
     textbook = ocr_metrics(response, doc["reference"], official_order=False)
     out: dict = dict(official)
     out.update({f"{key}_textbook": textbook[key] for key in ORDER_DEPENDENT})
-    out["record"] = _record(doc, response)
+    out["record"] = _record(doc, raw if isinstance(raw, str) else "", flags)
     return out
 
 
@@ -70,14 +88,16 @@ def _f1(response: str, reference: str) -> float:
 
 def process_results_bon(doc: dict, results: Sequence[str]) -> dict:
     """Edit distance and F1 (both symmetric) of all N sampled responses: first/mean/best and best-of-k curves."""
-    responses = list(results) or [""]
+    scored = [scored_response(r, doc["reference"]) for r in results] or [("", {"not_text": False, "truncated": False})]
+    responses = [text for text, _ in scored]
     distances = [normalized_edit_distance(r, doc["reference"]) for r in responses]
     f1s = [_f1(r, doc["reference"]) for r in responses]
     out: dict = {}
     out.update(best_of_n_summary("edit_dist", distances, higher_is_better=False))
     out.update(best_of_n_summary("f1", f1s))
     out["n_samples"] = float(len(responses))
-    record = _record(doc, responses[0])
+    flags = {key: sum(f[key] for _, f in scored) for key in ("not_text", "truncated")}  # counts over the N
+    record = _record(doc, responses[0], flags)
     record.update({"edit_dists": distances, "f1s": f1s})
     out["record"] = record
     return out

@@ -149,10 +149,13 @@ def _add_refcoco_parser(sub) -> None:
 
 
 def _refcoco_data(args, parser) -> int:
-    from perpo.config import ConfigError
+    from perpo.config import ConfigError, check_spares_inputs
     from perpo.data.refcoco import build_refcoco
 
     names = [name for name in args.datasets.split(",") if name.strip()]
+    if not names:
+        raise ConfigError(f"--datasets names no dataset ({args.datasets!r}): e.g. refcoco,refcoco+,refcocog")
+    check_spares_inputs("--out", args.out, [args.refer_root, args.coco_images])
     try:
         out = build_refcoco(args.refer_root, args.coco_images, args.out, names)
     except ValueError as err:
@@ -267,9 +270,19 @@ def _add_preference_data_parsers(sub) -> None:
 
 
 def _preference_data(args, parser) -> int:
+    from perpo.config import ConfigError, check_spares_inputs
     from perpo.data import sources
     from perpo.families import LLAVA
 
+    given = ("data_json", "image_folder", "refer_root", "coco_images", "data", "fox_json", "fox_images", "model")
+    read = [getattr(args, k, None) for k in given]
+    for folder in (getattr(args, "refer_root", None), getattr(args, "data", None)):  # the files read inside them
+        if folder is not None and Path(folder).is_dir():
+            read += [*Path(folder).glob("*/instances.json"), *Path(folder).glob("*/refs(*).p")]
+            read += Path(folder).glob("synth_*.jsonl")
+    check_spares_inputs("--out", args.out, read)
+    if args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a folder; give the JSONL file to write, e.g. {args.out / 'x.jsonl'}")
     if args.source == "import-perpo":
         rows = None
         if args.refer_root:
@@ -414,9 +427,13 @@ def _grpo(argv: list[str]) -> int:
     except ImportError as err:
         raise ConfigError(f"perpo grpo needs TRL, which is not installed ({err}): pip install 'perpo[grpo]'") from err
 
+    import torch
+
     from perpo.config import parse_command
     from perpo.grpo import GRPOArguments, run_grpo
 
+    if not torch.cuda.is_available() and not any(a.startswith("--use_cpu") for a in argv):
+        argv = [*argv, "--use_cpu", "true"]  # as `perpo train` runs on a CPU without being told
     args, config = parse_command(
         [GRPOArguments, GRPOConfig],
         argv,
@@ -468,8 +485,10 @@ def _export(argv: list[str]) -> int:
         help="saved dtype (default auto: the base checkpoint's own, as its config.json records it)",
     )
     args = parser.parse_args(argv)
+    from perpo.config import check_spares_inputs
     from perpo.modeling import export_merged
 
+    check_spares_inputs("--out", args.out, [args.adapter, args.base])
     out = export_merged(args.adapter, args.out, base=args.base, dtype=args.dtype)
     print(f"merged checkpoint written to {out}")
     return 0

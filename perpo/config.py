@@ -67,6 +67,29 @@ class ConfigError(ValueError):
     """
 
 
+def check_spares_inputs(option: str, out: str | Path, inputs: Sequence[str | Path | None]) -> None:
+    """Refuse, before any work, an output that would replace one of the command's own inputs.
+
+    An output is replaced whole (a folder through `perpo.io.atomic_dir`, a file through `atomic_open`), so an
+    input that is the output, or lies inside it, would be lost. Paths are compared resolved, links followed.
+    Writing beside an input, or into a folder that holds inputs without replacing it, stays allowed.
+
+    Raises:
+        ConfigError: naming the option, the output and the input.
+    """
+    target = Path(out).expanduser().resolve()
+    for value in inputs:
+        if value is None or str(value) == "":
+            continue
+        given = Path(value).expanduser().resolve()
+        if given == target or target in given.parents:
+            relation = "is" if given == target else "holds"
+            raise ConfigError(
+                f"{option} {out} {relation} its input {value}, which writing the output would replace: choose another "
+                f"{option}"
+            )
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     import yaml
 
@@ -147,7 +170,19 @@ def parse_command(
         for action in parser._actions:
             if action.dest in values:
                 action.required = False
-    return tuple(parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False))
+    *parsed, unknown = parser.parse_args_into_dataclasses(
+        args=argv, look_for_args_file=False, return_remaining_strings=True
+    )
+    if unknown:  # argparse's one line, not HfArgumentParser's ValueError
+        options: dict[str, str] = {}  # normalised -> the first spelling (`--learning_rate`, not its `-` alias)
+        for action in parser._actions:
+            for spelling in action.option_strings:
+                options.setdefault(spelling.replace("-", "_"), spelling)
+        flag = next((u for u in unknown if u.startswith("-")), unknown[0]).split("=")[0].replace("-", "_")
+        close = difflib.get_close_matches(flag, list(options), n=1)
+        hint = f" (did you mean {options[close[0]]}?)" if close else ""
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+    return tuple(parsed)
 
 
 def run_metadata() -> dict[str, Any]:

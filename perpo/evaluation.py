@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from perpo.config import ConfigError, check_numbers, opt, save_resolved
+from perpo.config import ConfigError, check_numbers, check_spares_inputs, opt, save_resolved
 from perpo.distributed import free_port, threads_per_process
 from perpo.io import atomic_dir, write_json
 
@@ -279,6 +279,8 @@ def run_eval(cfg: EvalConfig, echo: TextIO | None = sys.stderr) -> dict:
     """
     from perpo.modeling import resolve_device
 
+    given = [cfg.model, cfg.adapter, cfg.synth_dir, cfg.refcoco_dir, cfg.fox_dir]
+    check_spares_inputs("--output_dir", cfg.output_dir, given)
     plan = eval_plan(cfg)
     if cfg.dry_run:
         return {"plan": plan}

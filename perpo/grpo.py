@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from perpo.config import ConfigError, check_numbers, opt
+from perpo.config import ConfigError, check_numbers, check_spares_inputs, opt
 from perpo.families import Family, family_of
 from perpo.modeling import DEFAULT_LORA_TARGETS
 
@@ -96,6 +96,32 @@ def _prepared_images(family: Family, batch: dict) -> dict:
     return batch
 
 
+def check_finite_run(trainer) -> None:
+    """Refuse to finish a GRPO run whose logged loss or trained weights are not finite (TRL's trainer has no stop
+    of its own; `perpo train` stops before the step, `TrainingDiverged`): called before the adapter and the
+    summary are written, so a diverged run leaves no result.
+
+    Raises:
+        TrainingDiverged: naming the first step whose logged loss is not finite and how many trained tensors are not.
+    """
+    import math
+
+    import torch
+
+    from perpo.trainer import TrainingDiverged
+
+    losses = [(e.get("step"), e["loss"]) for e in trainer.state.log_history if isinstance(e.get("loss"), (int, float))]
+    first = next((step for step, loss in losses if not math.isfinite(loss)), None)
+    trained = [p for p in trainer.model.parameters() if p.requires_grad and p.numel()]
+    broken = sum(not torch.isfinite(p).all().item() for p in trained)
+    if first is not None or broken:
+        where = f"the loss is not finite from step {first}" if first is not None else "the loss stayed finite"
+        raise TrainingDiverged(
+            f"training diverged: {where}, and {broken} of {len(trained)} trained tensors are not finite; no adapter "
+            "was written (lower --learning_rate, or raise --beta)"
+        )
+
+
 def completion_text(completion: Any) -> str:
     """The text of one TRL completion (a string, or the assistant message list of a conversational prompt)."""
     if isinstance(completion, str):
@@ -164,8 +190,14 @@ def run_grpo(args: GRPOArguments, config, callbacks: list | None = None) -> Path
     from perpo.heldout import HeldoutEvaluator
     from perpo.io import write_json
     from perpo.modeling import apply_lora, disable_dropout, load_model, load_processor, master_dtype
-    from perpo.trainer import DONE_FILE, checked_records, use_callbacks
+    from perpo.trainer import DONE_FILE, check_training_args, checked_records, use_callbacks
 
+    check_training_args(config)  # the checks of `perpo train`: finite options, a learning rate > 0, ...
+    if config.beta < 0 or config.temperature <= 0 or not 0 < config.top_p <= 1:
+        raise ConfigError(
+            f"--beta must be >= 0, --temperature > 0 and --top_p in (0, 1]; got {config.beta!r}, "
+            f"{config.temperature!r}, {config.top_p!r}"
+        )
     records, image_root = checked_records(
         Path(args.data), "instructions", args.image_root, limit=args.max_instructions
     )
@@ -178,6 +210,7 @@ def run_grpo(args: GRPOArguments, config, callbacks: list | None = None) -> Path
         raise ConfigError("--num_generations must be >= 2: GRPO's advantage compares responses within a group")
     config.reward_weights = [1.0, args.format_weight]
     config.remove_unused_columns = False
+    check_spares_inputs("--output_dir", config.output_dir, [args.model_name_or_path])
     heldout = HeldoutEvaluator.from_args(args, config, records)
     out = Path(config.output_dir)
     if (out / DONE_FILE).is_file():
@@ -206,6 +239,7 @@ def run_grpo(args: GRPOArguments, config, callbacks: list | None = None) -> Path
     began = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     seconds = time.perf_counter() - began
+    check_finite_run(trainer)
     trainer.save_model(str(out))
     processor.save_pretrained(out)
     if heldout:

@@ -84,29 +84,78 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return Path(path)
 
 
+def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """`(line number, text)` of every line of a UTF-8 text file.
+
+    Raises:
+        ConfigError: the path is a folder, or a line is not UTF-8 (naming the file, the line and the byte).
+    """
+    from perpo.config import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give the file itself")
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ConfigError(
+                    f"{path}:{number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                    "save the file as UTF-8"
+                ) from err
+
+
 def count_lines(path: str | os.PathLike) -> int:
     """Non-empty lines of a JSONL file (its records), without parsing them."""
-    with open(path, encoding="utf-8") as handle:
-        return sum(1 for line in handle if line.strip())
+    return sum(1 for _, line in text_lines(path) if line.strip())
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL file; a malformed line raises ValueError naming the file and line number."""
+    """Read a JSONL file; a malformed line or a byte that is not UTF-8 raises ConfigError naming the file and the
+    line number."""
+    from perpo.config import ConfigError
+
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+    for number, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{number}: not valid JSON ({err.msg})") from err
     return rows
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as RGB, fully read (so the file handle is closed at once)."""
-    from PIL import Image
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """A whole JSON file; an unreadable one raises ConfigError naming it (`what` says what it should be)."""
+    from perpo.config import ConfigError
 
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    text = "".join(line for _, line in text_lines(path))
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        state = "empty" if not text.strip() else f"not valid JSON ({err.msg}, line {err.lineno})"
+        raise ConfigError(f"{path}: {what} is {state}") from err
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file as RGB, fully read (so the file handle is closed at once).
+
+    Raises:
+        ConfigError: the file is not an image PIL can read, or is a folder (naming it).
+        FileNotFoundError: there is no such file.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from perpo.config import ConfigError
+
+    if Path(path).is_dir():
+        raise ConfigError(f"{path} is a folder, not an image file")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ConfigError(f"{path}: not an image file that can be read ({err})") from err

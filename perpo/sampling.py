@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from perpo.config import ConfigError, check_numbers, opt, run_metadata
+from perpo.config import ConfigError, check_numbers, check_spares_inputs, opt, run_metadata
 from perpo.data.schema import RecordError, dump_record, load_records, rebase_image, resolve_image, validate_record
 from perpo.modeling import DTYPES, checkpoint_fingerprint, load_model, load_processor, resolve_device, resolve_dtype
 
@@ -437,6 +437,11 @@ def run_sample(cfg: SampleConfig, backend: GenerationBackend | None = None) -> d
     """
     from perpo.distributed import launch_from_env
 
+    if Path(cfg.out).is_dir():
+        raise ConfigError(
+            f"--out {cfg.out} is a folder; give the samples file, e.g. {Path(cfg.out) / 'samples.jsonl'}"
+        )
+    check_spares_inputs("--out", cfg.out, [cfg.instructions, cfg.model, cfg.adapter, cfg.image_root])
     launch = launch_from_env()
     if cfg.dry_run:
         from perpo.distributed import rank_device
@@ -652,6 +657,8 @@ def sample_shard(cfg: SampleConfig, backend: GenerationBackend | None = None, la
     image_root = Path(cfg.image_root) if cfg.image_root else source.parent
     # Image paths are stored for the output's folder (relative when the image lies under it, else absolute).
     records = [rebase_image(r, image_root, out.parent) for r in load_records(source, stage="instructions")]
+    if not records:
+        raise RecordError(f"{source}: no instructions to sample (an empty file)")
     by_id = {r["id"]: r for r in records}
     selected = records[: cfg.limit] if cfg.limit else records
     selected = selected[launch.rank :: launch.world]

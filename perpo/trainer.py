@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from perpo.config import ConfigError, check_numbers, opt
+from perpo.config import ConfigError, check_numbers, check_spares_inputs, opt
 from perpo.data.collate import ListCollator
 from perpo.io import write_json
 from perpo.logprobs import LAYOUTS, ListBatch, ReferenceMemo, family, sequence_logps
@@ -395,12 +395,15 @@ def load_or_compute_reference(model, collator, records, args: PerPOArguments, ba
 
 
 def check_training_args(training_args: TrainingArguments) -> None:
-    """Every float option finite, and the ranges that matter: non-finite values would train to NaN silently."""
+    """Every float option finite, and the ranges that matter: non-finite values would train to NaN silently
+    (`perpo train` and `perpo grpo`, whose GRPOConfig is a TrainingArguments)."""
     for field in dataclasses.fields(training_args):
         value = getattr(training_args, field.name, None)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"--{field.name} must be a finite number, got {value!r}")
-    for name, low in (("learning_rate", 0.0), ("weight_decay", 0.0), ("max_grad_norm", 0.0), ("adam_epsilon", 0.0)):
+    if training_args.learning_rate <= 0:  # 0 would write an adapter no step ever moved
+        raise ConfigError(f"--learning_rate must be > 0, got {training_args.learning_rate!r}")
+    for name, low in (("weight_decay", 0.0), ("max_grad_norm", 0.0), ("adam_epsilon", 0.0)):
         if getattr(training_args, name) < low:
             raise ConfigError(f"--{name} must be >= {low:g}, got {getattr(training_args, name)!r}")
     for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
@@ -539,6 +542,9 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks:
 
     # Everything the user gave is checked before a model loads or anything is written.
     check_training_args(training_args)
+    # the output folder gets adapter and processor files: it must not be the base model or the starting adapter
+    given = [args.model_name_or_path, args.init_adapter]
+    check_spares_inputs("--output_dir", training_args.output_dir, given)
     data = Path(args.data)
     # fails at start-up on short lists, bad fields or missing images
     records, image_root = checked_records(data, "train", args.image_root, limit=args.max_lists, n=args.n)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from perpo.config import ConfigError, check_numbers, opt, parse_command
+from perpo.config import ConfigError, check_numbers, check_spares_inputs, opt, parse_command
 
 
 @dataclass
@@ -61,6 +61,7 @@ def compare_command(argv: Sequence[str], prog: str = "perpo compare") -> int:
         "and a gallery of the most-changed answers (boxes drawn on the images; OCR differences highlighted). "
         "Usage: perpo compare BASE AFTER --out DIR, or perpo compare CONFIG.yaml.",
     )
+    check_spares_inputs("--out", cfg.out, [cfg.base, cfg.after, *cfg.image_roots])
     results = load_results([RunSpec(cfg.base, label=cfg.base_label), RunSpec(cfg.after, label=cfg.after_label)])
     comparison = compare_runs(results, cfg.base_label, cfg.after_label)
     comparison.problems[:0] = results.problems

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from perpo.config import ConfigError, check_keys, check_numbers, opt
+from perpo.config import ConfigError, check_keys, check_numbers, check_spares_inputs, opt
 from perpo.io import atomic_dir
 from reports import figures as figs
 from reports.compare import compare_runs
@@ -242,6 +242,7 @@ def build_figures(results: ResultSet, cfg: ReportConfig, root: Path) -> list[str
 def run_report(cfg: ReportConfig) -> Path:
     """Build the report folder (see the module docstring); return the path of its `index.md`."""
     out = Path(cfg.out)
+    check_spares_inputs("--out", out, [spec.path for spec in cfg.run_specs] + list(cfg.image_roots))
     results = load_results(cfg.run_specs)
     problems = list(results.problems)
     with atomic_dir(out) as tmp:

@@ -77,6 +77,13 @@ def _kind(value: Any) -> str:
     return "null" if value is None else JSON_KINDS.get(type(value), "an object")
 
 
+def utf8_text(path: Path) -> str:
+    """A file's text, or ConfigError naming the file, line and byte that is not UTF-8."""
+    from perpo.io import text_lines
+
+    return "".join(line for _, line in text_lines(path))
+
+
 def _parse_json(text: str, where: str, line: int | None = None) -> Any:
     """`text` parsed, or ConfigError naming `where` (a file, or with `line` a JSONL line of it)."""
     if not text.strip():
@@ -95,7 +102,7 @@ def read_results(path: Path) -> dict[str, Any]:
     Raises:
         ConfigError: empty, truncated or otherwise invalid JSON, or another shape (names the file and the fault).
     """
-    data = _parse_json(path.read_text(encoding="utf-8"), str(path))
+    data = _parse_json(utf8_text(path), str(path))
     shape = "an object with a 'results' mapping of task: {metric: value}"
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected {shape}, got {_kind(data)}")
@@ -117,21 +124,22 @@ def read_jsonl(path: Path) -> Iterator[dict]:
     Raises:
         ConfigError: a line that is not a JSON object (names the file and line).
     """
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            row = _parse_json(line, str(path), number)
-            if not isinstance(row, dict):
-                raise ConfigError(f"{path}:{number}: expected a JSON object, got {_kind(row)}")
-            yield row
+    from perpo.io import text_lines
+
+    for number, line in text_lines(path):
+        if not line.strip():
+            continue
+        row = _parse_json(line, str(path), number)
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}:{number}: expected a JSON object, got {_kind(row)}")
+        yield row
 
 
 def _read_json(path: Path) -> dict | None:
     """A metadata file's object, or None when the file is absent."""
     if not path.is_file():
         return None
-    data = _parse_json(path.read_text(encoding="utf-8"), str(path))
+    data = _parse_json(utf8_text(path), str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {_kind(data)}")
     return data

@@ -37,13 +37,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from perpo.config import ConfigError, check_numbers, opt
+from perpo.config import ConfigError, check_numbers, check_spares_inputs, opt
 from perpo.data.schema import RecordError, dump_record, load_records, rebase_image, resolve_image
 from perpo.data.sources import equal_share_sample
 from perpo.rewards import DEFAULT_MARGINS, get_reward, list_margin, passes_margin
 
 logger = logging.getLogger(__name__)
 
+OUTPUTS = ("train.jsonl", "stats.json", "stats.png", "build_config.json")
 TASK_REWARDS = {"grounding": "iou", "ocr": "ocr"}
 """Default reward per task."""
 HIT_THRESHOLD = 0.5
@@ -314,6 +315,9 @@ def run_build_data(cfg: BuildDataConfig) -> dict[str, Any]:
     from perpo.io import atomic_open, write_json
 
     source = Path(cfg.samples)
+    for name in OUTPUTS:  # written into --out beside whatever it holds, each replacing its own name only
+        given = [source, *cfg.exclude_eval.split(",")]
+        check_spares_inputs("--out", Path(cfg.out) / name, given)
     records = load_records(source, stage="samples", n=cfg.n or None)
     if not records:
         raise RecordError(f"{source}: no records to build from")

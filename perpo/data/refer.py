@@ -162,11 +162,18 @@ def load_refer_rows(
     coco = _quiet_coco(COCO, paths.instances)
     categories = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
     rows = []
-    for ref in sorted(load_refs(paths.refs), key=lambda r: r["ref_id"]):
+    for ref in sorted(_checked_refs(paths.refs), key=lambda r: r["ref_id"]):
         if not split_matches(ref["split"], split):
             continue
-        ann = coco.anns[ref["ann_id"]]
-        image = coco.imgs[ref["image_id"]]
+        where = f"{paths.refs}: ref {ref['ref_id']}"
+        ann = coco.anns.get(ref["ann_id"])
+        image = coco.imgs.get(ref["image_id"])
+        if ann is None or image is None:
+            missing = f"annotation {ref['ann_id']}" if ann is None else f"image {ref['image_id']}"
+            raise ConfigError(f"{where} names {missing}, which {paths.instances} does not hold; {REFER_FIX}")
+        box = ann.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            raise ConfigError(f"{paths.instances}: annotation {ref['ann_id']} has bbox {box!r}, not [x, y, w, h]")
         for sentence in sorted(ref["sentences"], key=lambda s: s["sent_id"]):
             rows.append(
                 {
@@ -190,9 +197,39 @@ def load_refer_rows(
     return rows
 
 
+REFER_FIX = "re-download or re-extract the refer annotations"
+REF_KEYS = ("ref_id", "ann_id", "image_id", "split", "sentences")
+
+
+def _checked_refs(path: Path) -> list[dict]:
+    """`load_refs`, with every ref holding the keys the rows are made of (naming the first that lacks one)."""
+    refs = load_refs(path)
+    for index, ref in enumerate(refs):
+        missing = [key for key in REF_KEYS if key not in ref]
+        sentences = ref.get("sentences")
+        whole = isinstance(sentences, list) and all(
+            isinstance(t, dict) and {"sent_id", "sent"} <= set(t) for t in sentences
+        )
+        if not missing and not whole:
+            missing = ["sentences[].sent_id / sent"]
+        if missing:
+            raise ConfigError(f"{path}: ref {index} (ref_id {ref.get('ref_id')!r}) has no {missing[0]!r}; {REFER_FIX}")
+    return refs
+
+
 def _quiet_coco(coco_cls, path: Path):
-    """pycocotools prints progress to stdout; keep it off the console."""
+    """A pycocotools index of an instances file, read with a clear error for a broken one (progress kept off the
+    console)."""
     import contextlib
 
+    from perpo.io import read_json
+
+    data = read_json(path, "a COCO instances file")
+    missing = [key for key in ("images", "annotations") if not isinstance(data, dict) or key not in data]
+    if missing:
+        raise ConfigError(f"{path}: a COCO instances file needs {' and '.join(repr(k) for k in missing)}; {REFER_FIX}")
+    coco = coco_cls()
+    coco.dataset = {"categories": [], **data}
     with contextlib.redirect_stdout(io.StringIO()):
-        return coco_cls(str(path))
+        coco.createIndex()
+    return coco

@@ -151,24 +151,26 @@ def validate_record(
 
 def iter_records(path: str | Path, *, stage: str = "train", n: int | None = None) -> Iterator[dict]:
     """Read and validate a JSONL file of records, line by line."""
+    from perpo.io import text_lines
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"data file {path} not found")
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise RecordError(f"{path}:{number}: not valid JSON ({err.msg})") from err
-            yield validate_record(record, stage=stage, n=n, source=str(path), line=number)
+    for number, text in text_lines(path):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RecordError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+        yield validate_record(record, stage=stage, n=n, source=str(path), line=number)
 
 
 def record_lines(path: str | Path) -> list[int]:
     """The line number of each record of a JSONL file (blank lines hold none), for messages about record i."""
-    with Path(path).open(encoding="utf-8") as handle:
-        return [number for number, text in enumerate(handle, start=1) if text.strip()]
+    from perpo.io import text_lines
+
+    return [number for number, text in text_lines(path) if text.strip()]
 
 
 def load_records(path: str | Path, *, stage: str = "train", n: int | None = None) -> list[dict]:

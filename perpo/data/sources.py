@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from perpo.boxes import FRAMES, Box, denormalize_box, gt_box_in_frame, parse_box
+from perpo.config import ConfigError
 from perpo.data.schema import RecordError, portable_image_path, validate_record
 from perpo.families import LLAVA, Family
 from perpo.prompts import GROUNDING_QUESTION, fox_question, grounding_question
@@ -157,6 +158,12 @@ def refer_instructions(
         rows = load_refer_rows(root, dataset, split, split_by=(split_by or {}).get(dataset), image_dir=image_dir)
         logger.info("%s %s: %d expressions", dataset, split, len(rows))
         records += [grounding_record(row, str(image_dir / row["image"]), frame, family, processor) for row in rows]
+    missing = sorted({r["image"] for r in records if not Path(r["image"]).is_file()})
+    if missing:
+        raise ConfigError(
+            f"{len(missing)} images the refs name are not in {image_dir} (first: {Path(missing[0]).name}): "
+            "--coco_images is the COCO train2014 image folder"
+        )
     return records
 
 

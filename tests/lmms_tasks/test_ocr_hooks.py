@@ -30,7 +30,7 @@ def test_both_orders_with_named_keys(en_docs, fox_utils):
     assert out["edit_dist"] == pytest.approx(1 - len("The quick brown fox") / len(doc["reference"]))
     assert out["bleu"] != out["bleu_textbook"] and out["meteor"] != out["meteor_textbook"]
     assert out["record"] == {"id": "fox_en_1", "language": "en", "image": "en_1.png", "reference_chars": 44,
-                             "response_chars": 19}  # fmt: skip
+                             "response_chars": 19, "not_text": False, "truncated": False}  # fmt: skip
 
 
 def test_exact_and_empty_outputs(en_docs, fox_utils):
@@ -66,3 +66,24 @@ def test_visuals_and_prompt(en_docs, fox_utils):
     assert blank.size == (96, 64) and blank.getcolors() == [(96 * 64, CLIP_MEAN_FILL)]
     assert fox_utils.text_fox(doc) == "OCR this image: "
     assert fox_utils.text_fox(doc, {"pre_prompt": "", "post_prompt": " Answer in text."}).endswith("Answer in text.")
+
+
+def test_a_degenerate_or_non_text_output_is_scored_quickly_and_counted(fox_dir, monkeypatch, fox_utils):
+    """300,000 copies of one CJK character took over a minute in jieba; it is scored on its first max(4 x the
+    reference, 8,192) characters, flagged. A non-string answer scores as empty text instead of raising."""
+    import time
+
+    from perpo.metrics.ocr import ocr_metrics
+
+    monkeypatch.setenv("PERPO_FOX_DIR", str(fox_dir))
+    doc = list(load_fox_docs("cn"))[0]
+    began = time.perf_counter()
+    out = fox_utils.results_ocr(doc, ["狐" * 300_000])
+    assert (
+        time.perf_counter() - began < 10 and out["record"]["truncated"] and out["record"]["response_chars"] == 300_000
+    )
+    assert out["edit_dist"] == pytest.approx(ocr_metrics("狐" * 8192, doc["reference"])["edit_dist"])
+    real = doc["reference"] * 3  # within the cap: exactly the official metrics
+    assert {k: fox_utils.results_ocr(doc, [real])[k] for k in OFFICIAL} == ocr_metrics(real, doc["reference"])
+    none = fox_utils.results_ocr(doc, [None])
+    assert none["record"]["not_text"] and none["edit_dist"] == 1.0

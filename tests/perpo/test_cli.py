@@ -130,3 +130,22 @@ def test_perpo_grpo_without_trl_names_the_extra_in_one_line(monkeypatch, capsys)
     assert main(["grpo", "--help"]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "pip install 'perpo[grpo]'" in error, error
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["train", "--model_name_or_path", "m", "--data", "d", "--learning-rte", "3"], "--learning_rate"),
+        (["sample", "--model", "m", "--instructions", "i", "--out", "o", "--temprature", "0.5"], "--temperature"),
+        (["build-data", "--samples", "s", "--out", "o", "--margn", "0.8"], "--margin"),
+        (["eval", "--model", "m", "--tasks", "t", "--output_dir", "o", "--batchsize", "8"], "--batch_size"),
+    ],
+)
+def test_a_misspelt_flag_is_one_argparse_line_with_the_flag_it_meant(argv, hint, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    last = error.strip().splitlines()[-1]
+    assert f"unrecognized arguments: {' '.join(argv[-2:])} (did you mean {hint}?)" in last
+    assert "Traceback" not in error and len(error.strip().splitlines()) <= 2  # argparse's usage line + the error
