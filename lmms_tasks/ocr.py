@@ -88,7 +88,7 @@ def _f1(response: str, reference: str) -> float:
 
 def process_results_bon(doc: dict, results: Sequence[str]) -> dict:
     """Edit distance and F1 (both symmetric) of all N sampled responses: first/mean/best and best-of-k curves."""
-    scored = [scored_response(r, doc["reference"]) for r in results] or [("", {"not_text": False, "truncated": False})]
+    scored = [scored_response(r, doc["reference"]) for r in list(results) or [""]]
     responses = [text for text, _ in scored]
     distances = [normalized_edit_distance(r, doc["reference"]) for r in responses]
     f1s = [_f1(r, doc["reference"]) for r in responses]

@@ -127,11 +127,16 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def utf8_text(path: str | os.PathLike) -> str:
+    """A whole UTF-8 text file (`text_lines`' errors for a folder or a byte that is not UTF-8)."""
+    return "".join(line for _, line in text_lines(path))
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     """A whole JSON file; an unreadable one raises ConfigError naming it (`what` says what it should be)."""
     from perpo.config import ConfigError
 
-    text = "".join(line for _, line in text_lines(path))
+    text = utf8_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:

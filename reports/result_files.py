@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from perpo.config import ConfigError
+from perpo.io import utf8_text
 
 # ---------------------------------------------------------------------------------------------- discovery
 
@@ -75,13 +76,6 @@ JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a numb
 
 def _kind(value: Any) -> str:
     return "null" if value is None else JSON_KINDS.get(type(value), "an object")
-
-
-def utf8_text(path: Path) -> str:
-    """A file's text, or ConfigError naming the file, line and byte that is not UTF-8."""
-    from perpo.io import text_lines
-
-    return "".join(line for _, line in text_lines(path))
 
 
 def _parse_json(text: str, where: str, line: int | None = None) -> Any:

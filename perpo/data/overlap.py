@@ -15,7 +15,6 @@ folder links all of COCO train2014, which also holds the training images).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -38,24 +37,12 @@ def _fox_image_dir(json_path: Path) -> Path:
 
 def _named_images(path: Path) -> Iterator[Path]:
     """The image files an evaluation file names, resolved as its readers resolve them."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"--exclude_eval {path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+    from perpo.io import read_json, read_jsonl
+
     if path.suffix == ".jsonl":
-        entries, folders = [], [path.parent]
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    entries.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ConfigError(f"--exclude_eval {path}:{number}: not valid JSON ({err.msg})") from err
+        entries, folders = read_jsonl(path), [path.parent]
     else:
-        try:
-            entries = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"--exclude_eval {path}: not valid JSON ({err.msg})") from err
-        folders = [_fox_image_dir(path), path.parent]
+        entries, folders = read_json(path, "a Fox page list"), [_fox_image_dir(path), path.parent]
     if not isinstance(entries, list):
         raise ConfigError(f"--exclude_eval {path}: expected a list of entries with an 'image' field")
     for number, entry in enumerate(entries, start=1):
