@@ -2,8 +2,8 @@
 
     perpo demo --seed 0 --out runs/demo_seed0     # and --seed 1, --seed 2
     python scripts/demo_seeds.py runs/demo_seed0 runs/demo_seed1 runs/demo_seed2 [--out runs/demo_seeds.md]
-    python scripts/demo_seeds.py --table-from docs/results/miniature_seeds.json [--readme README.md]
-    python scripts/demo_seeds.py --study online runs/demo_seed0 runs/demo_seed1 runs/demo_seed2 [--readme README.md]
+    python scripts/demo_seeds.py --table-from docs/results/miniature_seeds.json [--readme docs/demo.md]
+    python scripts/demo_seeds.py --study online runs/demo_seed0 runs/demo_seed1 runs/demo_seed2 [--readme docs/demo.md]
 
 The online study (`perpo demo --study online`, then `--study online` here) adds iterative PerPO and GRPO to the
 table, pairs each against PerPO (`gain vs PerPO`), and shows each method's budget from the demo's online_study.json:
