@@ -23,12 +23,13 @@ Fox documents carry: id, language, image, file_name, question, reference.
 
 from __future__ import annotations
 
+import functools
 import io
-import json
 import logging
 import os
 import re
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from perpo.boxes import gt_box_in_frame
@@ -71,10 +72,35 @@ class DataNotFoundError(FileNotFoundError):
     """A task's data folder or file is missing; the message names the variable and the command that prepares it."""
 
 
+class TaskDataError(ValueError):
+    """A task's data file is there but is not what the task reads (its layout, or an environment variable's value)."""
+
+
 def _fail(message: str) -> DataNotFoundError:
-    # lmms-eval retries dataset loading and may re-raise a bare tenacity.RetryError: log the reason first.
-    logger.error(message)
     return DataNotFoundError(message)
+
+
+def ends_the_run(load: Callable) -> Callable:
+    """Make a `process_docs` hook end the lmms-eval run when its data is missing or malformed.
+
+    lmms-eval retries a task's dataset loading five times, prints each failure's traceback and then exits 0 with no
+    results. A data folder that is not there will not appear on a retry, so the hook instead prints one line,
+    `lmms-eval: error: <what is wrong and the command that prepares it>`, and exits with status 2 (`SystemExit`
+    passes through lmms-eval's `except Exception` and tenacity's retry). `perpo eval` turns that line into its own.
+    """
+
+    @functools.wraps(load)
+    def hook(*args, **kwargs):
+        from perpo.config import ConfigError  # read_jsonl's RecordError: a file:line that is not a record
+        from perpo.evaluation import DATA_ERROR_PREFIX
+
+        try:
+            return load(*args, **kwargs)
+        except (DataNotFoundError, TaskDataError, ConfigError) as err:
+            print(f"{DATA_ERROR_PREFIX}{err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    return hook
 
 
 def env_folder(variable: str, prepare: str, what: str) -> Path:
@@ -101,8 +127,20 @@ def _read_rows(path: Path, variable: str, prepare: str) -> list[dict]:
     from perpo.io import read_jsonl
 
     if not path.is_file():
-        raise _fail(f"{path} not found ({variable}={path.parent}). Prepare the folder with `{prepare}`.")
+        fix = _refer_root_hint(path.parent) or f"Prepare the folder with `{prepare}`."
+        raise _fail(f"{path} not found ({variable}={path.parent}). {fix}")
     return read_jsonl(path)
+
+
+def _refer_root_hint(folder: Path) -> str | None:
+    """A sentence for a folder that holds refer annotations (`<dataset>/refs(*).p`) instead of evaluation splits."""
+    if not any(folder.glob("*/refs(*).p")):
+        return None
+    return (
+        f"{folder} is a refer root (it holds {REFCOCO_DATASETS['refcoco']}/refs(*).p): the tasks read the evaluation "
+        f"splits built from it, `perpo data refcoco --refer_root {folder} --coco_images COCO/train2014 --out DIR`, "
+        f"then {ENV_REFCOCO_DIR}=DIR."
+    )
 
 
 def _resolve_images(paths: Iterable[str], root: Path, variable: str) -> list[str]:
@@ -164,11 +202,11 @@ def refcoco_source() -> str:
     """`PERPO_REFCOCO_SOURCE` (default `local`), checked.
 
     Raises:
-        ValueError: For a value other than `local` or `hub`.
+        TaskDataError: For a value other than `local` or `hub`.
     """
     source = os.environ.get(ENV_REFCOCO_SOURCE, "").strip().lower() or "local"
     if source not in REFCOCO_SOURCES:
-        raise ValueError(f"{ENV_REFCOCO_SOURCE}={source!r}; valid values: {', '.join(REFCOCO_SOURCES)}")
+        raise TaskDataError(f"{ENV_REFCOCO_SOURCE}={source!r}; valid values: {', '.join(REFCOCO_SOURCES)}")
     return source
 
 
@@ -181,7 +219,8 @@ def load_refcoco_docs(key: str, split: str):
 
     Raises:
         DataNotFoundError: (local) if `PERPO_REFCOCO_DIR` or the split file is missing.
-        ValueError: For an unknown dataset, split or source.
+        TaskDataError: For an unknown source.
+        ValueError: For an unknown dataset or split (a task file naming one that does not exist).
     """
     if split not in REFCOCO_SPLITS.get(key, ()):
         raise ValueError(f"unknown RefCOCO split {key}/{split}; valid: {REFCOCO_SPLITS}")
@@ -301,19 +340,21 @@ def load_fox_docs(language: str):
 
     Raises:
         DataNotFoundError: If the variable, the JSON or an image is missing.
-        ValueError: If the JSON is not the Fox list of {"image", "conversations": [prompt, answer]}.
+        TaskDataError: If the JSON is not the Fox list of {"image", "conversations": [prompt, answer]}.
     """
     if language not in FOX_LANGUAGES:
         raise ValueError(f"unknown Fox language {language!r}; valid: {', '.join(FOX_LANGUAGES)}")
     import datasets
 
+    from perpo.io import read_json
+
     root = env_folder(ENV_FOX_DIR, PREPARE_FOX, "Fox benchmark")
     path = root / f"{language}_page_ocr.json"
     if not path.is_file():
         raise _fail(f"{path} not found ({ENV_FOX_DIR}={root}); expected the Fox layout: {PREPARE_FOX}.")
-    entries = json.loads(path.read_text(encoding="utf-8"))
+    entries = read_json(path)
     if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a JSON list of pages")
+        raise TaskDataError(f"{path}: expected a JSON list of pages")
     image_dir = root / f"{language}_pdf_png"
     docs = []
     for number, entry in enumerate(entries):
@@ -321,7 +362,8 @@ def load_fox_docs(language: str):
             name, (prompt, answer) = entry["image"], entry["conversations"][:2]
             question, reference = str(prompt["value"]), str(answer["value"])
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: entry {number} is not {{'image', 'conversations': [prompt, answer]}}") from err
+            shape = "{'image', 'conversations': [prompt, answer]}"
+            raise TaskDataError(f"{path}: entry {number} is not {shape}") from err
         question = fox_question(question)
         docs.append(
             {

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -434,6 +435,8 @@ def _grpo(argv: list[str]) -> int:
 
     if not torch.cuda.is_available() and not any(a.startswith("--use_cpu") for a in argv):
         argv = [*argv, "--use_cpu", "true"]  # as `perpo train` runs on a CPU without being told
+    # GRPOConfig's own default (gradient_checkpointing=True) trips transformers' rename warning on every run
+    warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
     args, config = parse_command(
         [GRPOArguments, GRPOConfig],
         argv,
@@ -558,7 +561,7 @@ def _usage() -> str:
         "usage: perpo [-v] COMMAND [ARGS ...]\n\n"
         "PerPO: measure and fix the visual discrimination of multimodal LLMs (discriminative rewards,\n"
         "listwise preference training, lmms-eval tasks).\n\ncommands:\n" + "\n".join(lines) + "\n\n"
-        "`perpo COMMAND --help` explains each command. -v logs at DEBUG level.\n"
+        "`perpo COMMAND --help` explains each command. -v logs at DEBUG level and keeps an error's traceback.\n"
     )
 
 
@@ -584,6 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[name].run(rest)
     except (ConfigError, FileNotFoundError) as err:  # bad input (incl. RecordError, UnsafePickleError): exit 2
+        if verbose:
+            logging.getLogger("perpo").exception("the traceback of the error below (-v)")
         print(f"perpo {name}: error: {err}", file=sys.stderr)
         return 2
 

@@ -170,9 +170,14 @@ def parse_command(
         for action in parser._actions:
             if action.dest in values:
                 action.required = False
-    *parsed, unknown = parser.parse_args_into_dataclasses(
-        args=argv, look_for_args_file=False, return_remaining_strings=True
-    )
+    try:
+        *parsed, unknown = parser.parse_args_into_dataclasses(
+            args=argv, look_for_args_file=False, return_remaining_strings=True
+        )
+    except ConfigError:
+        raise
+    except ValueError as err:  # a library's __post_init__ (TrainingArguments, GRPOConfig) refusing a combination
+        raise ConfigError(" ".join(str(err).split())) from err
     if unknown:  # argparse's one line, not HfArgumentParser's ValueError
         options: dict[str, str] = {}  # normalised -> the first spelling (`--learning_rate`, not its `-` alias)
         for action in parser._actions:

@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 MODEL_WRAPPERS = ("perpo_llava", "llava_hf")
 REFCOCO_SOURCES = ("local", "hub")
+DATA_ERROR_PREFIX = "lmms-eval: error: "
+"""How a task's data error starts its one line on lmms-eval's stderr (`lmms_tasks.data.ends_the_run`)."""
 DATA_VARIABLES = {
     "synth_dir": "PERPO_SYNTH_DIR",
     "refcoco_dir": "PERPO_REFCOCO_DIR",
@@ -106,6 +108,7 @@ class EvalConfig:
                 raise ConfigError(f"{name} {value!r} contains a comma, which lmms-eval's --model_args cannot carry")
         if self.model_wrapper == "llava_hf" and self.adapter:
             raise ConfigError("llava_hf cannot load a peft adapter: use model_wrapper: perpo_llava")
+        check_task_names(self.tasks)
 
 
 def _local_or_hub(name: str) -> str:
@@ -213,14 +216,48 @@ def keep_training_record(adapter: Path, folder: Path) -> None:
         shutil.copyfile(stats, folder / "stats.json")
 
 
+def _tasks_root() -> Path | None:
+    """`lmms_tasks/tasks/`, found without importing the tasks (importing them imports lmms-eval)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lmms_tasks")
+    return Path(spec.origin).parent / "tasks" if spec and spec.origin else None
+
+
+def perpo_task_names() -> set[str]:
+    """The task and group names the perpo task files declare (`task: name` or `group: name` scalars)."""
+    import re
+
+    root = _tasks_root()
+    names: set[str] = set()
+    for path in sorted(root.glob("*/*.yaml")) if root else []:
+        names.update(re.findall(r"^(?:task|group|tag):\s*([\w-]+)\s*$", path.read_text(encoding="utf-8"), re.M))
+    return names
+
+
+def check_task_names(tasks: list[str]) -> None:
+    """Refuse a `perpo_*` task name no perpo task file declares, before lmms-eval starts (which would print three
+    tracebacks and exit 0). Names of other suites' tasks are left for lmms-eval to resolve.
+
+    Raises:
+        ConfigError: naming the unknown task and the closest known one.
+    """
+    import difflib
+
+    known = perpo_task_names()
+    for task in tasks:
+        if task.startswith("perpo_") and known and task not in known:
+            close = difflib.get_close_matches(task, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown task {task!r}{hint}; `python -m lmms_tasks --tasks list` lists them all")
+
+
 def task_max_new_tokens(tasks: list[str]) -> int:
     """The longest answer the perpo tasks among `tasks` allow: the `max_new_tokens` of their folder's task files
     (`lmms_tasks/tasks/<folder>/`, found without importing the tasks; 64 for a task of another suite)."""
-    import importlib.util
     import re
 
-    spec = importlib.util.find_spec("lmms_tasks")
-    root = Path(spec.origin).parent / "tasks" if spec and spec.origin else None
+    root = _tasks_root()
     longest = 64
     for task in tasks:
         folder = next((f for f in sorted(root.iterdir()) if task.startswith(f.name)), None) if root else None
@@ -297,6 +334,9 @@ def run_eval(cfg: EvalConfig, echo: TextIO | None = sys.stderr) -> dict:
         logger.info("running: %s", " ".join(command))
         returncode, tail = _run(command, env, tmp / "lmms_eval.log", echo)
         found = sorted((tmp / "raw").glob("*/*_results.json"))
+        data_error = next((line for line in tail.splitlines() if line.startswith(DATA_ERROR_PREFIX)), None)
+        if data_error is not None:  # a task's data is missing or malformed: its one line says what and the fix
+            raise ConfigError(data_error[len(DATA_ERROR_PREFIX) :])
         if returncode != 0 or len(found) != 1:
             raise RuntimeError(
                 f"lmms-eval {'exited with code ' + str(returncode) if returncode else 'wrote no results file'} "

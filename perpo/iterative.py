@@ -106,10 +106,9 @@ def run_iterate(cfg: IterateConfig, callbacks: Callable[[int, Path], list] | Non
     from perpo.trainer import PerPOArguments, run_train
 
     out = Path(cfg.out).resolve()  # absolute: the rounds' adapters are recorded in sampler settings and configs
-    files = round_instructions(cfg, out)
-    # the flags are checked once, before anything is sampled
     flags = [PerPOArguments, TrainingArguments]
-    parse_command(flags, _train_argv(cfg, files[0].parent, None), prog="perpo train", description="")
+    check_train_args(flags, _train_argv(cfg, out / "round_1", None))  # before any folder is made or sample drawn
+    files = round_instructions(cfg, out)
     adapter: Path | None = None
     rounds = []
     for r, instructions in enumerate(files, start=1):
@@ -156,6 +155,31 @@ def run_iterate(cfg: IterateConfig, callbacks: Callable[[int, Path], list] | Non
     }
     write_json(out / "iterate.json", summary)
     return summary
+
+
+def check_train_args(flags: list[type], argv: list[str]) -> None:
+    """Parse `perpo train` flags as the rounds will and run `perpo train`'s option checks, turning argparse's
+    usage-and-error exit into one ConfigError.
+
+    Raises:
+        ConfigError: `--train_args: <what is wrong>` (an unknown flag, a value of the wrong type, lr 0, ...).
+    """
+    import contextlib
+    import io
+
+    from perpo.config import parse_command
+    from perpo.trainer import check_training_args
+
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(printed):
+            _, training = parse_command(flags, argv, prog="perpo train", description="")
+        check_training_args(training)
+    except SystemExit:
+        lines = printed.getvalue().strip().splitlines() or ["not valid perpo train flags"]
+        raise ConfigError(f"--train_args: {lines[-1].removeprefix('perpo train: error: ')}") from None
+    except ConfigError as err:
+        raise ConfigError(f"--train_args: {err}") from None
 
 
 def _train_argv(cfg: IterateConfig, folder: Path, adapter: Path | None) -> list[str]:

@@ -131,6 +131,11 @@ def check_context(config, prompt_tokens: int, max_new_tokens: int, what: str) ->
         ConfigError: naming the three numbers and the fix.
     """
     limit = context_length(config)
+    if prompt_tokens >= limit:
+        raise ConfigError(
+            f"{what}: the prompt alone is {prompt_tokens} tokens (the image's included), and the model's context is "
+            f"{limit}: shorten the question (or drop its instruction) to leave room for an answer"
+        )
     if prompt_tokens + max_new_tokens > limit:
         raise ConfigError(
             f"{what}: a prompt of {prompt_tokens} tokens (the image's included) + max_new_tokens {max_new_tokens} "

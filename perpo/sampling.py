@@ -373,10 +373,16 @@ def check_box_units(records: Sequence[dict], model, processor, image_dir: Path, 
             )
 
 
+def longest_question(records: list[dict]) -> dict:
+    """The record whose question is longest: the prompt the context and memory checks must hold."""
+    return max(records, key=lambda record: len(record["question"]))
+
+
 def sample_plan(cfg: SampleConfig, device: str, record: dict | None = None) -> dict:
     """Check a sampling run against its device and model before any weight loads, and log the estimate.
 
-    The prompt is measured on `record` (default: the first instruction) with its image; the KV cache of the
+    The prompt is measured on `record` (default: the instruction with the longest question) with its image; the
+    KV cache of the
     `batch_size x n` rows of a `generate` call is sized from the checkpoint's config (`perpo.memory`).
 
     Raises:
@@ -395,7 +401,7 @@ def sample_plan(cfg: SampleConfig, device: str, record: dict | None = None) -> d
         if not records:
             raise RecordError(f"{source}: no instructions to sample")
         record = rebase_image(
-            records[0], Path(cfg.image_root) if cfg.image_root else source.parent, Path(cfg.out).parent
+            longest_question(records), Path(cfg.image_root) if cfg.image_root else source.parent, Path(cfg.out).parent
         )
     config = AutoConfig.from_pretrained(cfg.model)
     processor = load_processor(cfg.model)
@@ -403,7 +409,7 @@ def sample_plan(cfg: SampleConfig, device: str, record: dict | None = None) -> d
     prompt = prompt_tokens(
         processor, family_of(config), record["question"], None if image is None else load_image(image)
     )
-    check_context(config, prompt, cfg.max_new_tokens, f"perpo sample ({record['id']!r})")
+    check_context(config, prompt, cfg.max_new_tokens, f"{source}: instruction {record['id']!r}")
     value_bytes = resolve_dtype(cfg.dtype, device).itemsize
     rows = cfg.batch_size * cfg.n
     estimate = generation_estimate(cfg.model, config, rows, prompt + cfg.max_new_tokens, value_bytes)
@@ -692,7 +698,8 @@ def sample_shard(cfg: SampleConfig, backend: GenerationBackend | None = None, la
         return summary | {"sampled": 0, "seconds": round(time.perf_counter() - began, 2)}
 
     if backend is None:
-        sample_plan(cfg, device, todo[0])  # refuses a batch that cannot fit, or a prompt beyond the context
+        # refuses a batch that cannot fit, or a prompt beyond the context
+        sample_plan(cfg, device, longest_question(todo))
         backend = BACKENDS[cfg.backend](cfg, device=device, dtype=resolve_dtype(cfg.dtype, device))
     if getattr(backend, "processor", None) is not None:
         check_box_units(todo, backend.model, backend.processor, out.parent, source)

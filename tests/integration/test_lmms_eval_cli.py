@@ -309,3 +309,24 @@ def test_perpo_eval_collects_results_and_samples(model, env, tmp_path, monkeypat
             for n in ("eval", "eval_2")
         ]
         assert rows[0] == rows[1] and len(rows[0]) == 2
+
+
+def test_perpo_eval_on_a_refer_root_is_one_line_and_leaves_nothing(model, env, tmp_path, monkeypatch, capsys):
+    """PERPO_REFCOCO_DIR set to the refer root: lmms-eval (a subprocess) ends at the task's data in one line, exit 2,
+    where it used to retry five times with tracebacks and exit 0; perpo eval repeats the line as its error."""
+    from perpo.cli import main
+
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "OMP_NUM_THREADS"):
+        monkeypatch.setenv(key, env[key])
+    refer = _fixtures().write_refer_layout(tmp_path / "refer")
+    config = tmp_path / "refcoco_eval.yaml"
+    lines = [f"model: {model}", "tasks: [perpo_refcoco_val]", f"refcoco_dir: {refer}", "device: cpu", "limit: 1",
+             f"output_dir: {tmp_path / 'eval'}"]  # fmt: skip
+    config.write_text("\n".join(lines) + "\n")
+    assert main(["eval", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Retrying" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"perpo eval: error: {refer / 'refcoco_val.jsonl'} not found"), err[-3000:]
+    assert f"{refer} is a refer root" in last
+    assert not (tmp_path / "eval").exists() and (refer / "refcoco" / "refs(unc).p").is_file()

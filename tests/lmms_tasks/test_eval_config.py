@@ -81,8 +81,28 @@ def test_a_run_without_results_fails_and_leaves_nothing(tmp_path, monkeypatch):
     """lmms-eval exits 0 when evaluation fails; no results file must mean failure, and no half-written folder."""
     import perpo.evaluation as evaluation
 
-    monkeypatch.setattr(evaluation, "_run", lambda command, env, log, echo: (0, "Tasks not found: perpo_x\n"))
-    cfg = config(output_dir=str(tmp_path / "eval"), tasks=["perpo_x"])
-    with pytest.raises(RuntimeError, match="(?s)wrote no results file.*Tasks not found: perpo_x"):
+    monkeypatch.setattr(evaluation, "_run", lambda command, env, log, echo: (0, "Tasks not found: other_x\n"))
+    cfg = config(output_dir=str(tmp_path / "eval"), tasks=["other_x"])
+    with pytest.raises(RuntimeError, match="(?s)wrote no results file.*Tasks not found: other_x"):
         evaluation.run_eval(cfg, echo=None)
     assert not (tmp_path / "eval").exists()
+
+
+def test_a_task_data_error_becomes_perpo_evals_one_line(tmp_path, monkeypatch, capsys):
+    """The task hooks end lmms-eval with one `lmms-eval: error:` line (exit 2); perpo eval repeats it as its own."""
+    import perpo.evaluation as evaluation
+
+    tail = "2026 | INFO | loading\nlmms-eval: error: /d/val.jsonl not found (PERPO_REFCOCO_DIR=/d). Prepare it.\n"
+    monkeypatch.setattr(evaluation, "_run", lambda command, env, log, echo: (2, tail))
+    path = tmp_path / "ev.yaml"
+    path.write_text(f"model: m\ntasks: [perpo_refcoco_val]\noutput_dir: {tmp_path / 'eval'}\ndevice: cpu\n")
+    assert main(["eval", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["perpo eval: error: /d/val.jsonl not found (PERPO_REFCOCO_DIR=/d). Prepare it."]
+    assert not (tmp_path / "eval").exists()
+
+
+def test_an_unknown_perpo_task_is_refused_before_lmms_eval_starts():
+    with pytest.raises(ConfigError, match="unknown task 'perpo_synth_tset' \\(did you mean 'perpo_synth_test'\\?\\)"):
+        config(tasks=["perpo_synth_val", "perpo_synth_tset"])
+    config(tasks=["perpo_fox", "perpo_refcoco_plus_testA_bon20", "mmmu_val"])  # groups, tasks, another suite's

@@ -92,7 +92,7 @@ def test_rows_follow_the_variable_no_stale_cache(synth_data, tmp_path, monkeypat
 
 def test_bad_refcoco_source(monkeypatch):
     monkeypatch.setenv("PERPO_REFCOCO_SOURCE", "s3")
-    with pytest.raises(ValueError, match="PERPO_REFCOCO_SOURCE='s3'; valid values: local, hub"):
+    with pytest.raises(data.TaskDataError, match="PERPO_REFCOCO_SOURCE='s3'; valid values: local, hub"):
         data.load_refcoco_docs("refcoco", "val")
     with pytest.raises(ValueError, match="unknown RefCOCO split"):
         data.load_refcoco_docs("refcocog", "testA")
@@ -144,3 +144,28 @@ def test_hub_source_reads_the_lmms_lab_copy(fixtures, coco_images, monkeypatch, 
     monkeypatch.setenv("PERPO_REFCOCO_HUB_ORG", "lmms-lab-encoder")
     data.load_refcoco_docs("refcoco_plus", "testA")
     assert calls[-1] == ("lmms-lab-encoder/RefCOCOplus", "testA")
+
+
+def test_a_hook_whose_data_is_missing_ends_the_run_in_one_line(refcoco_utils, refer_root, monkeypatch, capsys):
+    """lmms-eval retries a failing load five times with tracebacks, then exits 0: the hooks exit 2 in one line."""
+    monkeypatch.delenv("PERPO_REFCOCO_SOURCE", raising=False)
+    monkeypatch.setenv("PERPO_REFCOCO_DIR", str(refer_root))  # the refer root instead of the built splits
+    with pytest.raises(SystemExit) as exited:
+        refcoco_utils.refcoco_val(None)
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("lmms-eval: error: ") and "refcoco_val.jsonl not found" in line
+    assert f"{refer_root} is a refer root" in line and f"perpo data refcoco --refer_root {refer_root}" in line
+    monkeypatch.setenv("PERPO_REFCOCO_SOURCE", "s3")
+    with pytest.raises(SystemExit):
+        refcoco_utils.refcoco_testA(None)
+    assert "PERPO_REFCOCO_SOURCE='s3'" in capsys.readouterr().err
+
+
+def test_a_fox_json_of_the_wrong_shape_ends_the_run_in_one_line(fox_utils, tmp_path, monkeypatch, capsys):
+    (tmp_path / "en_page_ocr.json").write_text('{"not": "a list"}')
+    monkeypatch.setenv("PERPO_FOX_DIR", str(tmp_path))
+    with pytest.raises(SystemExit):
+        fox_utils.fox_en(None)
+    expected = f"lmms-eval: error: {tmp_path / 'en_page_ocr.json'}: expected a JSON list of pages"
+    assert capsys.readouterr().err.strip() == expected

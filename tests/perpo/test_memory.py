@@ -38,3 +38,8 @@ def test_a_prompt_beyond_the_context_is_refused():
         match="622 tokens .* max_new_tokens 4096 .* context of 4096 tokens: lower max_new_tokens to at most 3474",
     ):
         check_context(VICUNA_7B, 622, 4096, "perpo eval")
+
+
+def test_a_prompt_that_fills_the_context_alone_asks_for_a_shorter_question():
+    with pytest.raises(ConfigError, match="the prompt alone is 5000 tokens .* context is 4096: shorten the question"):
+        check_context(VICUNA_7B, 5000, 64, "perpo sample")

@@ -124,13 +124,54 @@ def test_sampling_an_empty_file_or_a_record_whose_image_is_not_an_image(tiny_lla
     assert f"{text}: not an image file that can be read" in error
 
 
-def test_a_learning_rate_of_zero_is_refused_before_anything_loads(tmp_path, capsys):
+def test_a_question_longer_than_the_context_is_refused_before_sampling(tiny_llava, tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (96, 64)).save(tmp_path / "photo.png")
+    base = {"task": "grounding", "image": "photo.png", "answer": "[0.1, 0.1, 0.2, 0.2]",
+            "target": [0.1, 0.1, 0.2, 0.2], "frame": "padded"}  # fmt: skip
+    records = [base | {"id": "short", "question": "the cat"}, base | {"id": "long", "question": "cat " * 600}]
+    instructions = tmp_path / "instructions.jsonl"
+    instructions.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "samples.jsonl"
+    argv = ["sample", "--model", str(tiny_llava), "--device", "cpu", "--instructions", str(instructions)]
+    error = one_line([*argv, "--out", str(out), "--progress", "false"], capsys, out)
+    assert f"{instructions}: instruction 'long': the prompt alone is" in error and "shorten the question" in error
+
+
+def test_a_learning_rate_of_zero_is_refused_before_anything_loads(tmp_path, capsys, caplog):
     out = tmp_path / "run"
     argv = ["train", "--model_name_or_path", "m", "--data", "d.jsonl", "--use_cpu", "true", "--output_dir", str(out)]
     assert "--learning_rate must be > 0, got 0.0" in one_line([*argv, "--learning_rate", "0"], capsys, out)
+    assert main(["-v", *argv, "--learning_rate", "0"]) == 2  # -v keeps the traceback, logged before the line
+    assert capsys.readouterr().err.strip().endswith("--learning_rate must be > 0, got 0.0")
+    assert any(r.exc_info and "check_training_args" in caplog.text for r in caplog.records)
 
 
-@pytest.mark.parametrize("flags", [["--beta", "nan"], ["--learning_rate", "inf"], ["--temperature", "0"]])
+@pytest.mark.parametrize(
+    ("train_args", "expected"),
+    [
+        ("--no_such_flag 3", "--train_args: unrecognized arguments: --no_such_flag 3"),
+        ("--learning_rate abc", "--train_args: argument --learning_rate/--learning-rate: invalid float value"),
+        ("--learning_rate 0", "--train_args: --learning_rate must be > 0"),
+    ],
+)
+def test_iterate_checks_its_train_flags_before_making_a_round(train_args, expected, tmp_path, capsys):
+    out = tmp_path / "iterate"
+    argv = ["iterate", "--model", "m", "--instructions", "i.jsonl", "--out", str(out), "--train_args", train_args]
+    assert expected in one_line(argv, capsys, out)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--beta", "nan"],
+        ["--learning_rate", "inf"],
+        ["--temperature", "0"],
+        ["--temperature", "nan"],
+        ["--num_generations", "3", "--per_device_train_batch_size", "4"],  # TRL's GRPOConfig refuses it
+    ],
+)
 def test_grpo_options_are_checked_as_trains_are_before_anything_is_written(flags, tmp_path, capsys):
     out = tmp_path / "grpo"
     argv = ["grpo", "--model_name_or_path", "m", "--data", "d.jsonl", "--use_cpu", "true", "--output_dir", str(out)]

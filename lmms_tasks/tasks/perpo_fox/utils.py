@@ -5,10 +5,12 @@ from lmms_tasks.filters import KeepAllResponses  # noqa: F401  (named by the bes
 
 
 # process_docs: the pages from $PERPO_FOX_DIR (<lang>_page_ocr.json + <lang>_pdf_png/)
+@data.ends_the_run
 def fox_en(dataset):
     return data.load_fox_docs("en")
 
 
+@data.ends_the_run
 def fox_cn(dataset):
     return data.load_fox_docs("cn")
 

@@ -27,33 +27,41 @@ from lmms_tasks.grounding_hooks import (  # noqa: F401  (re-exported: the YAMLs 
 
 
 # process_docs: the split's rows from $PERPO_REFCOCO_DIR (or the hub with PERPO_REFCOCO_SOURCE=hub)
+@data.ends_the_run
 def refcoco_val(dataset):
     return data.load_refcoco_docs("refcoco", "val")
 
 
+@data.ends_the_run
 def refcoco_testA(dataset):  # noqa: N802 (split name)
     return data.load_refcoco_docs("refcoco", "testA")
 
 
+@data.ends_the_run
 def refcoco_testB(dataset):  # noqa: N802
     return data.load_refcoco_docs("refcoco", "testB")
 
 
+@data.ends_the_run
 def refcoco_plus_val(dataset):
     return data.load_refcoco_docs("refcoco_plus", "val")
 
 
+@data.ends_the_run
 def refcoco_plus_testA(dataset):  # noqa: N802
     return data.load_refcoco_docs("refcoco_plus", "testA")
 
 
+@data.ends_the_run
 def refcoco_plus_testB(dataset):  # noqa: N802
     return data.load_refcoco_docs("refcoco_plus", "testB")
 
 
+@data.ends_the_run
 def refcocog_val(dataset):
     return data.load_refcoco_docs("refcocog", "val")
 
 
+@data.ends_the_run
 def refcocog_test(dataset):
     return data.load_refcoco_docs("refcocog", "test")

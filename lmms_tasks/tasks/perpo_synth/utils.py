@@ -27,9 +27,11 @@ from lmms_tasks.grounding_hooks import (  # noqa: F401  (re-exported: the YAMLs 
 
 
 # process_docs: the split's rows from $PERPO_SYNTH_DIR (written by `perpo data synth`)
+@data.ends_the_run
 def synth_val(dataset):
     return data.load_synth_docs("val")
 
 
+@data.ends_the_run
 def synth_test(dataset):
     return data.load_synth_docs("test")
