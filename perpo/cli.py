@@ -401,14 +401,16 @@ def _train(argv: list[str]) -> int:
     from transformers import TrainingArguments
 
     from perpo.config import parse_command
+    from perpo.losses import LOSSES
     from perpo.trainer import PerPOArguments, deepspeed_distributed_env, run_train
 
     args, training_args = parse_command(
         [PerPOArguments, TrainingArguments],
         argv,
         prog="perpo train",
-        description="Train a LLaVA-family model on listwise data with PerPO or a baseline (--loss perpo|lipo|"
-        "listwise|dpo|sft): peft LoRA, the reference kept fixed (--reference adapter|copy|precomputed), "
+        description="Train a LLaVA-family model on listwise data with PerPO or a baseline (--loss "
+        f"{'|'.join(LOSSES)}; perpo.losses.METHODS): peft LoRA, the reference kept fixed (--reference "
+        "adapter|copy|precomputed), "
         "optional DeepSpeed (--deepspeed perpo/configs/deepspeed/zero3.json). Every transformers "
         "TrainingArguments flag works too (--learning_rate, --per_device_train_batch_size, --resume_from_checkpoint, "
         "--report_to tensorboard, ...). Recipes: perpo/configs/*.yaml.",

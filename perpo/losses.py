@@ -2,7 +2,8 @@
 
 Every loss takes one batch of B lists (one list = one image + prompt with N sampled responses) and
 returns ``(loss, stats)``: a differentiable scalar and a dict of detached scalar statistics. The trainer
-selects a loss by name from `LOSSES` (or `get_loss`); no loss reads a config object or a model.
+selects a loss by name from `LOSSES` (or `get_loss`); no loss reads a config object or a model. `METHODS` records
+each method once (label, colour, traits, the miniature's settings) for the trainer, the demo, the reports and the CLI.
 
 Conventions shared by all losses (paper = "PerPO: Perceptual Preference Optimization via Discriminative
 Rewarding", Zhu et al.):
@@ -56,17 +57,18 @@ aggregate logged statistics with a NaN-aware mean.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+if TYPE_CHECKING:  # torch is imported where a loss runs: the registry below is read by torch-free code (reports)
+    from torch import Tensor
 
 __all__ = [
     "LOSSES",
-    "LOSS_NEEDS_REFERENCE",
+    "METHODS",
     "LossFn",
+    "Method",
     "dpo_loss",
     "get_loss",
     "lipo_lambda_weights",
@@ -125,6 +127,8 @@ def _prepare(
     Raises:
         ValueError: on a shape mismatch, a non-bool mask, a missing reference or an invalid beta/gamma.
     """
+    import torch
+
     if policy_logps.ndim != 2 or policy_logps.shape[0] == 0 or policy_logps.shape[1] == 0:
         raise ValueError(f"{name}: policy_logps must be a non-empty [B, N] tensor, got {tuple(policy_logps.shape)}")
     shape = policy_logps.shape
@@ -189,6 +193,8 @@ def _best_worst(rewards: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def _masked_mean(values: Tensor, keep: Tensor) -> Tensor:
     """Mean of ``values`` where ``keep``; NaN (0/0) when nothing is kept. Sync-free (no boolean indexing)."""
+    import torch
+
     kept = torch.where(keep, values, torch.zeros_like(values))
     return kept.sum() / keep.sum()
 
@@ -200,6 +206,8 @@ def _gather(values: Tensor, index: Tensor) -> Tensor:
 
 def _batch_stats(batch: _Batch, *, beta: float, ranking: bool) -> dict[str, Tensor]:
     """The detached statistics described in the module docstring, from prepared inputs."""
+    import torch
+
     with torch.no_grad():
         mask = batch.mask
         n_valid = mask.sum()
@@ -301,6 +309,8 @@ def perpo_pair_weights(rewards: Tensor, mask: Tensor, gamma: float = 0.5) -> Ten
         [B, N, N] weights (row i preferred over column j); each list's weights sum to 1, or to 0 for a list
         with no strictly ordered pair.
     """
+    import torch
+
     ordered = _ordered_pairs(rewards, mask)  # [B, N, N]
     gaps = _pair_diff(rewards).clamp_min(0)  # [B, N, N] r_i − r_j where positive
     raw = torch.where(ordered, gaps.pow(gamma), torch.zeros_like(gaps))  # [B, N, N]
@@ -327,6 +337,8 @@ def lipo_lambda_weights(scores: Tensor, rewards: Tensor, mask: Tensor) -> Tensor
     Returns:
         [B, N, N] detached Δ_ij on the pairs with ψ_i > ψ_j, 0 elsewhere.
     """
+    import torch
+
     with torch.no_grad():
         n = scores.shape[1]
         index = torch.arange(n, device=scores.device)
@@ -353,6 +365,9 @@ def _pairwise_logistic(scores: Tensor, weights: Tensor, ordered: Tensor) -> Tens
     Returns:
         [B] per-list losses; exactly 0 (and zero gradient) for a list without ordered pairs.
     """
+    import torch
+    import torch.nn.functional as F
+
     pair_losses = -F.logsigmoid(_pair_diff(scores))  # [B, N, N] softplus(−(s_i − s_j)), stable
     weighted = torch.where(ordered, weights * pair_losses, torch.zeros_like(pair_losses))  # [B, N, N]
     return weighted.sum(dim=(1, 2))  # [B]
@@ -502,6 +517,9 @@ def dpo_loss(
     Returns:
         Scalar loss and the detached statistics of `loss_stats`.
     """
+    import torch
+    import torch.nn.functional as F
+
     batch = _prepare(
         "dpo_loss", policy_logps, ref_logps, rewards, mask, lengths, needs_ref=True, beta=beta, gamma=gamma
     )
@@ -558,20 +576,73 @@ def sft_loss(
     return loss, _batch_stats(batch, beta=beta, ranking=False)
 
 
-LOSSES: dict[str, LossFn] = {
-    "perpo": perpo_loss,
-    "lipo": lipo_loss,
-    "listwise": listwise_loss,
-    "dpo": dpo_loss,
-    "sft": sft_loss,
-}
+@dataclass(frozen=True)
+class Method:
+    """A training method as every part of perpo shows it: `perpo train --loss`, the demo, the reports.
+
+    Adding a loss is its function above plus one entry in `METHODS`: the trainer finds it by name, the demo trains
+    it on the tracks in `settings` (or when `--methods` names it), the reports label and colour it, and the CLI
+    help lists it.
+    """
+
+    label: str
+    """Display name in tables, figures and the demo's rows ("PerPO", "LiPO-λ")."""
+    colour: str
+    """Its colour in every figure (matplotlib's tab10)."""
+    loss: LossFn | None = None
+    """The objective `perpo train --loss NAME` runs; None for a method another command trains (or the base)."""
+    needs_reference: bool = True
+    """The loss reads reference log-probs (the trainer skips the reference pass otherwise)."""
+    on_answers: bool = False
+    """The loss trains on each list's ground-truth answer (its only response) instead of its N sampled responses."""
+    lr: float = 1e-4
+    """The miniature's learning rate where `settings` names no value for a track."""
+    beta: float = 0.1
+    """The miniature's β (KL coefficient) likewise; a loss without β records it and ignores it."""
+    settings: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    """(learning rate, β) per demo track, the best of the val-split search (docs/demo.md); a track named here
+    trains the method by default."""
+
+    def setting(self, track: str) -> tuple[float, float]:
+        """(learning rate, β) of the method on a demo track."""
+        return self.settings.get(track, (self.lr, self.beta))
+
+
+METHODS: dict[str, Method] = {
+    "base": Method("base", "#7f7f7f", needs_reference=False),
+    "sft": Method(
+        "SFT", "#1f77b4", sft_loss, needs_reference=False, on_answers=True,
+        settings={"grounding": (3e-4, 0.1), "ocr": (3e-3, 0.1)},
+    ),
+    "dpo": Method("DPO", "#ff7f0e", dpo_loss, settings={"grounding": (1e-4, 0.5), "ocr": (3e-5, 0.5)}),
+    "lipo": Method("LiPO-λ", "#9467bd", lipo_loss, beta=0.5, settings={"grounding": (1e-4, 0.5)}),
+    "listwise": Method("Listwise", "#8c564b", listwise_loss),
+    "perpo": Method("PerPO", "#d62728", perpo_loss, settings={"grounding": (1e-4, 0.5), "ocr": (1e-4, 0.5)}),
+    # trained by `perpo iterate` and `perpo grpo`: the demo's --study online, at these (val-picked) settings
+    "perpo_iter": Method("PerPO (iterative)", "#e377c2"),
+    "grpo": Method("GRPO", "#2ca02c", beta=0.0),
+}  # fmt: skip
+"""Every method by its name, in the paper's row order (base, +SFT, +DPO, ..., +PerPO)."""
+
+
+class _Losses(Mapping):
+    """The `perpo train --loss` names and their functions: a live view of `METHODS` (the entries with a loss)."""
+
+    def __getitem__(self, name: str) -> LossFn:
+        method = METHODS.get(name)
+        if method is None or method.loss is None:
+            raise KeyError(name)
+        return method.loss
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, method in METHODS.items() if method.loss is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+LOSSES: Mapping[str, LossFn] = _Losses()
 """Every training objective by its config name (``--loss``)."""
-
-LOSS_ON_ANSWERS: frozenset[str] = frozenset({"sft"})
-"""Losses that train on each list's ground-truth answer (its only response) instead of its N sampled responses."""
-
-LOSS_NEEDS_REFERENCE: frozenset[str] = frozenset(LOSSES) - {"sft"}
-"""Losses that need reference-model log-probs; the trainer may skip the reference pass for the others."""
 
 
 def get_loss(name: str) -> LossFn:

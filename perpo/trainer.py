@@ -32,7 +32,7 @@ from perpo.config import ConfigError, check_numbers, check_spares_inputs, opt
 from perpo.data.collate import ListCollator
 from perpo.io import write_json
 from perpo.logprobs import LAYOUTS, ListBatch, ReferenceMemo, family, sequence_logps
-from perpo.losses import LOSS_NEEDS_REFERENCE, LOSS_ON_ANSWERS, LOSSES
+from perpo.losses import LOSSES, METHODS
 from perpo.modeling import DEFAULT_LORA_TARGETS, keep_trainable_in, master_dtype
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class PerPOArguments:
     image_root: str | None = opt(
         None, help="folder that relative image paths resolve against (default: data's folder)"
     )
-    loss: str = opt("perpo", help=f"training objective: {', '.join(LOSSES)}")
+    loss: str = opt("perpo", help="training objective: a name of perpo.losses.METHODS with a loss (listed above)")
     beta: float = opt(0.1, gt=0, help="β: scale of the log-ratio scores")
     gamma: float = opt(0.5, ge=0, help="γ: PerPO pair-weight exponent |r_i - r_j|^γ (0 = uniform listwise)")
     n: int = opt(20, ge=1, help="responses per list used for training (the first N of each list; shorter lists fail)")
@@ -126,7 +126,7 @@ class PerPOArguments:
                 raise ConfigError(f"--init_adapter {self.init_adapter} has no adapter_config.json (a peft adapter)")
             if not self.use_lora or self.reference == "precomputed":
                 raise ConfigError("--init_adapter needs use_lora=true and --reference adapter (the base) or copy")
-        if self.loss not in LOSS_ON_ANSWERS and self.n < 2:
+        if not METHODS[self.loss].on_answers and self.n < 2:
             raise ConfigError(f"loss {self.loss} ranks responses: it needs n >= 2 responses per list")
 
 
@@ -192,7 +192,7 @@ class PerPOTrainer(Trainer):
 
     def reference_logps(self, model, inputs: dict) -> torch.Tensor | None:
         """[B, N] reference log-probs: stored, from the frozen copy, or from the policy with adapters disabled."""
-        if self.perpo_args.loss not in LOSS_NEEDS_REFERENCE:
+        if not METHODS[self.perpo_args.loss].needs_reference:
             return None
         if "ref_logps" in inputs:
             return inputs["ref_logps"]
@@ -211,7 +211,7 @@ class PerPOTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         a = self.perpo_args
-        batch: ListBatch = inputs["batch"]  # the collator built what the loss trains on (LOSS_ON_ANSWERS)
+        batch: ListBatch = inputs["batch"]  # the collator built what the loss trains on (Method.on_answers)
         policy_logps, lengths = self._logps(model, batch)  # [B, N]
         ref_logps = self.reference_logps(model, inputs)
         rewards, mask = inputs["rewards"], inputs["mask"]
@@ -571,15 +571,15 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks:
     model.requires_grad_(False)
     model_family = family(model)
     collator = ListCollator(
-        processor, str(image_root), args.n, on_answers=args.loss in LOSS_ON_ANSWERS,
+        processor, str(image_root), args.n, on_answers=METHODS[args.loss].on_answers,
         cache=args.cache_inputs and model_family.per_image_pixels, family=model_family,
     )  # fmt: skip
 
     ref_model = None
-    if args.loss in LOSS_NEEDS_REFERENCE and args.reference == "precomputed":
+    if METHODS[args.loss].needs_reference and args.reference == "precomputed":
         ref = load_or_compute_reference(model, collator, records, args, training_args.per_device_train_batch_size)
         collator.ref_logps = ref
-    elif args.loss in LOSS_NEEDS_REFERENCE and args.reference == "copy":
+    elif METHODS[args.loss].needs_reference and args.reference == "copy":
         if args.init_adapter:  # the reference is the starting policy: base + the adapter, merged
             ref_model = load_model(
                 args.model_name_or_path, dtype=args.dtype, adapter=args.init_adapter, merge_adapter=True

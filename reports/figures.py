@@ -26,7 +26,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from perpo.io import atomic_open  # noqa: E402
-from reports.load import METHOD_COLORS, METHOD_LABELS, METHOD_ORDER, ResultSet  # noqa: E402
+from reports.load import ResultSet, method_colour, method_label, method_rank  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def best_of_n_figure(results: ResultSet, metric: str = "ap50") -> Figure | None:
     methods = [part.method.iloc[0] for _, part in lines]
     for ((run, task), part), method in zip(lines, methods, strict=True):
         part = part.sort_values("k")
-        color = METHOD_COLORS.get(method) if methods.count(method) == 1 else None
+        color = method_colour(method) if methods.count(method) == 1 else None
         ax.plot(part.k, part.value * scale, marker="o", markersize=3, label=f"{run} · {task}", color=color)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("samples per prompt N (best of N)")
@@ -148,14 +148,14 @@ def sweep_figure(results: ResultSet, field: str, series: Sequence[tuple[str, str
         return None
     panels = [s for s in series if not data[(data.task == s[0]) & (data.metric == s[1])].empty]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-    methods = sorted(set(data.method), key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99)
+    methods = sorted(set(data.method), key=method_rank)
     for ax, (task, metric) in zip(axes[0], panels, strict=True):
         scale = _scale(metric)
         for method in methods:
             part = data[(data.task == task) & (data.metric == metric) & (data.method == method)]
             part = part.groupby(field, as_index=False)["value"].mean().sort_values(field)
             if not part.empty:
-                label, color = METHOD_LABELS.get(method, method), METHOD_COLORS.get(method)
+                label, color = method_label(method), method_colour(method)
                 ax.plot(part[field], part.value * scale, marker="o", label=label, color=color)
         if field == "n":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from perpo.config import ConfigError
+from perpo.losses import METHODS
 from reports.catalog import direction, metric_info
 from reports.result_files import discover, read_jsonl, read_results, run_metadata
 
@@ -62,31 +63,25 @@ TIDY_COLUMNS = [
 META_FIELDS = ("model", "adapter", "method", "seed", "loss", "n", "beta", "gamma", "margin", "lora_r", "lora_alpha")
 """Run-level metadata carried into every tidy row (plus `learning_rate`, `train_config` kept on the run only)."""
 
-METHOD_LABELS = {
-    "base": "base",
-    "sft": "SFT",
-    "dpo": "DPO",
-    "perpo": "PerPO",
-    "lipo": "LiPO-λ",
-    "listwise": "Listwise",
-    "perpo_iter": "PerPO (iterative)",
-    "grpo": "GRPO",
-}
-"""Display names of the methods (`perpo train --loss` names, `perpo grpo`, iterative PerPO); any other method string
-is shown as given."""
-METHOD_COLORS = {
-    "base": "#7f7f7f",
-    "sft": "#1f77b4",
-    "dpo": "#ff7f0e",
-    "lipo": "#9467bd",
-    "listwise": "#8c564b",
-    "perpo": "#d62728",
-    "perpo_iter": "#e377c2",
-    "grpo": "#2ca02c",
-}
-"""One colour per method, the same in every figure (matplotlib's tab10; PerPO red, its iterative form pink)."""
-METHOD_ORDER = ("base", "sft", "dpo", "lipo", "listwise", "perpo", "perpo_iter", "grpo")
-"""Row order of methods in the tables (the paper's: base, +SFT, +DPO, +PerPO)."""
+
+def method_label(method: str) -> str:
+    """A method's display name (`perpo.losses.METHODS`: `perpo train --loss` names, `perpo grpo`, iterative PerPO);
+    any other method string is shown as given."""
+    entry = METHODS.get(method)
+    return entry.label if entry else method
+
+
+def method_colour(method: str) -> str | None:
+    """A method's colour, the same in every figure (None for a method the registry does not know)."""
+    entry = METHODS.get(method)
+    return entry.colour if entry else None
+
+
+def method_rank(method: str) -> float:
+    """A method's row position in the tables: the registry's order (the paper's), unknown methods after PerPO's."""
+    order = list(METHODS)
+    return order.index(method) if method in order else len(order) - 0.5
+
 
 NOT_METRICS = ("alias", "frame", "record", "samples", " ")
 """Keys of `results[task]` that are not metrics: labels and counts our tasks aggregate (`frame`, `record`)."""
@@ -147,7 +142,7 @@ class Run:
 
     @property
     def method_label(self) -> str:
-        return METHOD_LABELS.get(str(self.meta.get("method")), str(self.meta.get("method")))
+        return method_label(str(self.meta.get("method")))
 
     def samples(self, task: str) -> list[dict]:
         """The logged samples of `task` (one dict per document), or [] if the run has no samples file for it."""
@@ -365,7 +360,7 @@ def load_results(specs: Sequence[RunSpec | str | Path]) -> ResultSet:
                 meta["method"] = spec.method
             meta.update(spec.meta)
             model_label = spec.model_label or model_display(meta.get("model"))
-            method = METHOD_LABELS.get(str(meta["method"]), str(meta["method"]))
+            method = method_label(str(meta["method"]))
             label = spec.label or (model_label if meta["method"] == "base" else f"{model_label} + {method}")
             runs.append(Run(label, folder, results_file, results, samples, meta, model_label))
             explicit.append(spec.label is not None)

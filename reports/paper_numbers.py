@@ -7,8 +7,9 @@ from pathlib import Path
 import pandas as pd
 
 from perpo.config import ConfigError
+from reports.load import method_label
 from reports.result_files import parse_number
-from reports.table_cells import CELL_COLUMNS, method_label
+from reports.table_cells import CELL_COLUMNS
 from reports.table_render import Table
 from reports.table_specs import TableSpec, table_specs
 from reports.tables import build_table

@@ -10,17 +10,12 @@ import math
 
 import pandas as pd
 
-from reports.load import METHOD_LABELS, Problem, ResultSet
+from reports.load import Problem, ResultSet, method_label
 from reports.table_specs import TableSpec
 
 CELL_COLUMNS = ["block", "method", "row", "label", "column", "value", "run"]
 """Columns of a cells frame: block (base model), method, row (sweep key tuple or ()), label (row label), column
 (spec key), value (scaled; NaN when missing), run (run label, or "paper")."""
-
-
-def method_label(method: str) -> str:
-    """A method's display name in row labels (`METHOD_LABELS`, else the name as given)."""
-    return METHOD_LABELS.get(method, method)
 
 
 def cells_from_results(results: ResultSet, spec: TableSpec) -> tuple[pd.DataFrame, list[Problem]]:

@@ -28,7 +28,7 @@ from dataclasses import replace
 import pandas as pd
 
 from perpo.config import ConfigError
-from reports.load import METHOD_ORDER
+from reports.load import method_rank
 from reports.table_cells import method_label
 from reports.table_render import MISSING, Cell, Table
 from reports.table_specs import Column, TableSpec
@@ -41,10 +41,6 @@ def _fmt(value: float, digits: int) -> str:
         return MISSING
     text = f"{value:.{digits}f}"
     return f"{0.0:.{digits}f}" if float(text) == 0 else text
-
-
-def _method_rank(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER) - 0.5
 
 
 def _mark(cells: list[Cell], better: str) -> None:
@@ -92,7 +88,7 @@ def _methods_table(spec: TableSpec, cells: pd.DataFrame) -> Table:
     for block in blocks:
         part = cells[cells["block"] == block]
         row_ids = list(dict.fromkeys(zip(part["run"], part["label"], part["method"], strict=True)))
-        row_ids.sort(key=lambda r: _method_rank(r[2]))
+        row_ids.sort(key=lambda r: method_rank(r[2]))
         shared = {label for label in [r[1] for r in row_ids] if [r[1] for r in row_ids].count(label) > 1}
         for run, label, _ in row_ids:
             by_key = part[part["run"] == run]

@@ -11,7 +11,7 @@ methods (`--methods perpo_iter grpo`, trained as `perpo demo --study online` tra
 per (learning rate, β), GRPO per (learning rate, KL β in `--kl_betas`). The test split is never looked at. A trial
 whose adapter is already there (`trial.json` beside it) is scored, not trained again, so an interrupted search
 picks up where it stopped. Writes `search.json` and `search.md`, prints the table and each
-method's best setting; the demo's `--lr_<method>` / `--beta_<method>` defaults are those picks.
+method's best setting; the demo's defaults (`perpo.losses.METHODS` settings) are those picks.
 
 `--track ocr` searches the OCR track's demo (`perpo demo --track ocr`: seed-1 synthetic pages, the committed
 tiny_llava_ocr, 1 − edit distance, margin 0.04; methods SFT, DPO, PerPO) and scores greedy edit distance (lower is
@@ -144,7 +144,7 @@ def trials(args, cfg, base: Path, lists: Path):
             else:
                 began = time.perf_counter()
                 if method in ONLINE:  # perpo demo --study online's trainings, with this trial's lr and β
-                    chosen = dataclasses.replace(cfg, **{f"lr_{method}": lr, f"beta_{method}": beta})
+                    chosen = dataclasses.replace(cfg, learning_rates=[f"{method}={lr}"], betas=[f"{method}={beta}"])
                     ONLINE[method](chosen, base, lists, folder)
                 else:
                     train_method(cfg, method, base, lists, folder, lr=lr, beta=beta)

@@ -51,10 +51,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from perpo.embedded.demo import LABELS
+from perpo.embedded.demo import row_label
 from perpo.embedded.online_study import ONLINE_METHODS
 from perpo.io import atomic_open, write_json
-from reports.load import METHOD_COLORS, METHOD_LABELS, METHOD_ORDER, RunSpec, load_results
+from perpo.losses import METHODS
+from reports.load import RunSpec, load_results, method_colour, method_label
 from reports.stats import bootstrap_gain, seed_resamples
 
 
@@ -293,7 +294,7 @@ def summary_json(loaded: Loaded, replicates: int = 10_000, bootstrap_seed: int =
         return out
 
     methods = {}
-    present = [m for m in METHOD_ORDER if m in set(table["method"])]
+    present = [m for m in METHODS if m in set(table["method"])]
     present += sorted(set(table["method"]) - set(present))
     base_scores = scores("base")
     for method in present:
@@ -342,7 +343,7 @@ def _mean_sd(values: pd.Series, sign: str = "", digits: int = 1) -> str:
 
 def summarise(table: pd.DataFrame, track: Track = GROUNDING) -> str:
     """Markdown: mean ± sd over seeds per method, the gain over the base paired by seed, and the per-seed headline."""
-    order = [m for m in METHOD_ORDER if m in set(table["method"])]
+    order = [m for m in METHODS if m in set(table["method"])]
     headline, digits = track.headline, track.digits
     columns = [name for name in (*track.columns, *track.budget) if name in table and table[name].notna().any()]
     base = table[table["method"] == "base"].set_index("seed")[headline]
@@ -389,7 +390,7 @@ def results_table(summary: dict) -> str:
         if any(entry.get(f"{keys[name]}_mean") is not None for entry in methods.values())
     ]
     gain = "gain" if track.higher_is_better else "change"  # an edit distance that falls is the good direction
-    versus = f"{gain} vs {METHOD_LABELS[track.reference]} [95% CI]"
+    versus = f"{gain} vs {method_label(track.reference)} [95% CI]"
     header = ["method", track.headline, f"{gain} vs base [95% CI]", versus, *(n for n, _ in extra)]
     replicates = {e.get("bootstrap_replicates") for e in methods.values()} - {None}
     bootstrap = f"{replicates.pop():,} replicates" if len(replicates) == 1 else "bootstrap"
@@ -410,10 +411,10 @@ def results_table(summary: dict) -> str:
         "| " + " | ".join(header) + " |",
         "| :--- |" + " ---: |" * (len(header) - 1),
     ]
-    order = [m for m in METHOD_ORDER if m in methods] + sorted(set(methods) - set(METHOD_ORDER))
+    order = [m for m in METHODS if m in methods] + sorted(set(methods) - set(METHODS))
     for method in order:
         entry = methods[method]
-        cells = [LABELS.get(method, method), _value(entry, keys[track.headline], digits)]
+        cells = [row_label(method), _value(entry, keys[track.headline], digits)]
         cells += [_gain(entry, "gain_vs_base", digits), _gain(entry, f"gain_vs_{track.reference}", digits)]
         cells += [_value(entry, key, track.digits_of(name)) for name, key in extra]
         lines.append("| " + " | ".join(cells) + " |")
@@ -432,11 +433,11 @@ def best_of_k_figure(summary: dict):
     if not methods or track.curve is None:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for method in [m for m in METHOD_ORDER if m in methods] + sorted(set(methods) - set(METHOD_ORDER)):
-        entry, color = methods[method], METHOD_COLORS.get(method)
+    for method in [m for m in METHODS if m in methods] + sorted(set(methods) - set(METHODS)):
+        entry, color = methods[method], method_colour(method)
         mean = np.array(entry["best_of_k_mean"], dtype=float)
         ks = np.arange(1, len(mean) + 1)
-        ax.plot(ks, mean, marker="o", markersize=3, color=color, label=METHOD_LABELS.get(method, method))
+        ax.plot(ks, mean, marker="o", markersize=3, color=color, label=method_label(method))
         if entry.get("best_of_k_sd"):
             sd = np.array(entry["best_of_k_sd"], dtype=float)
             ax.fill_between(ks, mean - sd, mean + sd, color=color, alpha=0.15, linewidth=0)

@@ -36,9 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from perpo.config import ConfigError
-from perpo.embedded.demo import METHODS, DemoConfig, train_method
+from perpo.embedded.demo import DemoConfig, train_method
 from perpo.io import atomic_open, read_jsonl, write_json
-from reports.load import METHOD_LABELS
+from perpo.losses import LOSSES
+from reports.load import method_label
 
 NS = (2, 4, 8, 20)
 QUICK_NS = (2, 4)
@@ -97,7 +98,7 @@ def table(study: dict, split: str, methods: list[str]) -> str:
     base = find(study, split, None, "base")
     ns = sorted({c["n"] for c in cells if c["n"] is not None})
     diff = "dpo" in methods and "perpo" in methods
-    header = ["N", *(f"{METHOD_LABELS.get(m, m)} AP@50" for m in methods)] + (["PerPO − DPO"] if diff else [])
+    header = ["N", *(f"{method_label(m)} AP@50" for m in methods)] + (["PerPO − DPO"] if diff else [])
     header.append("lists ranked")
     caption = f"Greedy AP@50 (%) on the {split} split ({cells[0]['rows'] if cells else 0} expressions)"
     caption += f"; the base model: {100 * base['ap50']:.1f}." if base else "."
@@ -124,7 +125,7 @@ def figure(study: dict, split: str, methods: list[str], path: Path) -> Path:
         points = [(n, find(study, split, n, method)) for n in ns]
         points = [(n, 100 * c["ap50"]) for n, c in points if c]
         if points:
-            ax.plot(*zip(*points, strict=True), marker="o", label=METHOD_LABELS.get(method, method))
+            ax.plot(*zip(*points, strict=True), marker="o", label=method_label(method))
     base = find(study, split, None, "base")
     if base:
         ax.axhline(100 * base["ap50"], linestyle="--", color="grey", label="base")
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("demo", type=Path, help="output folder of a `perpo demo` run (lists/, models/base, data/)")
     parser.add_argument("--out", type=Path, help="output folder (default: <demo>/study_n)")
     parser.add_argument("--ns", type=int, nargs="+", help=f"list sizes N (default {' '.join(map(str, NS))})")
-    parser.add_argument("--methods", nargs="+", default=["dpo", "perpo"], choices=[*METHODS, "listwise"])
+    parser.add_argument("--methods", nargs="+", default=["dpo", "perpo"], choices=list(LOSSES))
     parser.add_argument("--split", choices=["val", "test"], default="val", help="split scored (default val)")
     parser.add_argument("--limit", type=int, help="score only the first LIMIT rows of the split (default all)")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: N in {QUICK_NS}, 24 rows (for tests)")
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"N = {n} {method}: {args.split} AP@50 {100 * metrics['ap50']:.1f} (train {seconds:.0f} s)")
 
     suffix = "" if args.split == "val" else f"_{args.split}"
-    methods = [m for m in (*METHODS, "listwise") if any(c["method"] == m for c in study["cells"])]
+    methods = [m for m in LOSSES if any(c["method"] == m for c in study["cells"])]
     text = table(study, args.split, methods)
     with atomic_open(out / f"study_n{suffix}.md") as handle:
         handle.write(text)

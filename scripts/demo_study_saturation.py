@@ -37,7 +37,7 @@ import numpy as np
 from perpo.config import ConfigError
 from perpo.console import quiet_console
 from perpo.io import atomic_open, write_json
-from reports.load import METHOD_COLORS, METHOD_LABELS
+from reports.load import method_colour, method_label
 from reports.stats import bootstrap_gain, seed_resamples
 
 SEARCH = Path(__file__).resolve().parent / "demo_search.py"
@@ -183,7 +183,7 @@ def _ci(d: dict) -> str:
 
 def table(levels: list[dict], methods: list[str]) -> str:
     """Markdown: one row per base level (val edit distance, lower is better; differences with 95% intervals)."""
-    labels = [METHOD_LABELS.get(m, m) for m in methods]
+    labels = [method_label(m) for m in methods]
     best_of = _best_of(levels)
     header = ["base", "warm-up pages", "base val", f"first / {best_of} (sampled pages)"]
     header += [f"{label} val (setting)" for label in labels] + [f"{label} − base" for label in labels]
@@ -231,8 +231,8 @@ def figure(levels: list[dict], methods: list[str], path: Path) -> Path:
     left.plot(x, best, ":", color="grey", label=f"base, {_best_of(levels)} (sampled train pages)")
     gains = {}
     for method in methods:
-        color = METHOD_COLORS.get(method)
-        label = METHOD_LABELS.get(method, method)
+        color = method_colour(method)
+        label = method_label(method)
         left.plot(x, [lv["methods"][method]["edit_dist"] for lv in levels], "o-", color=color, label=label)
         diffs = [lv["methods"][method]["vs_base"] for lv in levels]
         gains[method] = np.array([-d["mean"] for d in diffs])

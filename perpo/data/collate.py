@@ -84,7 +84,7 @@ class ListCollator:
         image_root: folder that relative `image` paths are resolved against.
         n: responses per list used for training (the first `n` of each record's responses).
         on_answers: the batch holds each list's ground-truth answer as its only response, reward 0, instead of its
-            N responses (losses in `perpo.losses.LOSS_ON_ANSWERS`: SFT).
+            N responses (losses in `perpo.losses.Method.on_answers`: SFT).
         ref_logps: optional precomputed reference log-probs, id → N floats.
         cache: encode each list once and keep it (prompt ids, image tensor, response ids) for later epochs.
         cache_bytes: stop adding lists to the cache once their image tensors take this much memory.

@@ -34,13 +34,12 @@ from pathlib import Path
 
 from perpo.config import ConfigError, check_numbers, opt, save_resolved
 from perpo.io import count_lines
-from reports.load import METHOD_LABELS
+from perpo.losses import LOSSES, METHODS
 
 logger = logging.getLogger(__name__)
 
 ASSET = Path(__file__).parents[1] / "assets" / "tiny_llava_misaligned"  # docs/miniature.md says why this base
 OCR_ASSET = Path(__file__).parents[1] / "assets" / "tiny_llava_ocr"
-METHODS = ("sft", "dpo", "lipo", "perpo")
 TRACKS = ("grounding", "ocr")
 
 
@@ -65,19 +64,20 @@ class DemoConfig:
     n: int = opt(20, ge=2, help="responses sampled per instruction (paper: 20)")
     temperature: float = opt(0.5, ge=0, help="sampling temperature (paper: 0.5)")
     margin: float = opt(0.8, ge=0, le=1, help="keep lists whose IoU margin max - min reaches this (paper: 0.8)")
-    methods: list[str] = opt(list(METHODS), help="training methods compared with the base")
+    methods: list[str] = opt(
+        [], help="training methods compared with the base (default: those perpo.losses.METHODS sets for the track)"
+    )
     epochs: float = opt(3.0, gt=0, help="training epochs over the kept lists (the same budget for every method)")
     batch_size: int = opt(8, ge=1, help="lists per optimizer step")
-    # Learning rates and β: the best of six val-split trials per method (scripts/demo_search.py; README).
-    lr_sft: float = opt(3e-4, gt=0, help="learning rate of SFT")
-    lr_dpo: float = opt(1e-4, gt=0, help="learning rate of DPO")
-    lr_lipo: float = opt(1e-4, gt=0, help="learning rate of LiPO-λ")
-    lr_perpo: float = opt(1e-4, gt=0, help="learning rate of PerPO")
-    lr_listwise: float = opt(1e-4, gt=0, help="learning rate of uniform listwise (when in --methods; not searched)")
-    beta_dpo: float = opt(0.5, gt=0, help="β of DPO (paper: 0.1 for every preference loss)")
-    beta_lipo: float = opt(0.5, gt=0, help="β of LiPO-λ")
-    beta_perpo: float = opt(0.5, gt=0, help="β of PerPO")
-    beta_listwise: float = opt(0.1, gt=0, help="β of uniform listwise (not searched)")
+    learning_rates: list[str] = opt(
+        [],
+        help="METHOD=RATE overrides, e.g. `--learning_rates perpo=2e-4 sft=1e-3` (default: each method's val pick "
+        "for the track in perpo.losses.METHODS; iterative PerPO is perpo_iter, GRPO grpo)",
+    )
+    betas: list[str] = opt(
+        [],
+        help="METHOD=BETA overrides likewise (paper: 0.1 for every preference loss; grpo's β is its KL coefficient)",
+    )
     gamma: float = opt(0.5, ge=0, help="γ of PerPO (paper: 0.5)")
     lora_r: int = opt(32, ge=1, help="LoRA rank (the tiny LM has width 192)")
     lora_alpha: int = opt(64, ge=1, help="LoRA alpha")
@@ -97,10 +97,6 @@ class DemoConfig:
     iter_reference: str = opt(
         "base", help="--study online: reference of iterative PerPO, base or previous (each round's starting policy)"
     )
-    lr_perpo_iter: float = opt(1e-4, gt=0, help="--study online: learning rate of iterative PerPO (val pick)")
-    beta_perpo_iter: float = opt(0.1, gt=0, help="--study online: β of iterative PerPO (val pick)")
-    lr_grpo: float = opt(1e-4, gt=0, help="--study online: learning rate of GRPO (val pick)")
-    beta_grpo: float = opt(0.0, ge=0, help="--study online: KL coefficient of GRPO (val pick; 0: no reference)")
     threads: int = opt(
         0,
         ge=0,
@@ -115,9 +111,12 @@ class DemoConfig:
             raise ConfigError(f"track must be one of {', '.join(TRACKS)}, got {self.track!r}")
         if self.track == "ocr" and not isinstance(self, OCRDemoConfig):
             raise ConfigError("track ocr has its own defaults: pass `--track ocr` on the command line")
-        unknown = [m for m in self.methods if m not in (*METHODS, "listwise")]
+        self.methods = self.methods or [name for name in LOSSES if self.track in METHODS[name].settings]
+        unknown = [m for m in self.methods if m not in LOSSES]
         if unknown:
-            raise ConfigError(f"unknown method(s) {unknown}; choose from {', '.join((*METHODS, 'listwise'))}")
+            raise ConfigError(f"unknown method(s) {unknown}; choose from {', '.join(LOSSES)}")
+        self._lr = _overrides("learning_rates", self.learning_rates, low=0.0, strict=True)
+        self._beta = _overrides("betas", self.betas, low=0.0, strict=False)
         if self.study not in ("", "online"):
             raise ConfigError(f"study must be online (or empty), got {self.study!r}")
         if self.study and self.track != "grounding":
@@ -130,11 +129,35 @@ class DemoConfig:
             self.instructions, self.n, self.epochs = min(self.instructions, 24), min(self.n, 6), 1.0
 
     def lr(self, method: str) -> float:
-        return getattr(self, f"lr_{method}")
+        """The learning rate of a method: `--learning_rates`, else the registry's for the track."""
+        return self._lr.get(method, METHODS[method].setting(self.track)[0])
 
     def beta(self, method: str) -> float:
-        """β of a preference loss (SFT has none and ignores it)."""
-        return getattr(self, f"beta_{method}", 0.1)
+        """β of a method likewise (SFT has none: it records the registry's and ignores it)."""
+        return self._beta.get(method, METHODS[method].setting(self.track)[1])
+
+
+def _overrides(option: str, values: list[str], low: float, strict: bool) -> dict[str, float]:
+    """`METHOD=VALUE` items as {method: value}, each method known and each value finite and above `low`
+    (`strict`) or at least `low`.
+
+    Raises:
+        ConfigError: naming the option, the item and what is wrong.
+    """
+    parsed = {}
+    for item in values:
+        name, _, text = item.partition("=")
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if name not in METHODS or name == "base":
+            raise ConfigError(f"--{option} {item!r}: unknown method {name!r}; choose from {', '.join(METHODS)}")
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            bound = f"> {low:g}" if strict else f">= {low:g}"
+            raise ConfigError(f"--{option} {item!r}: the value must be a finite number {bound} (METHOD=VALUE)")
+        parsed[name] = value
+    return parsed
 
 
 @dataclass
@@ -151,13 +174,6 @@ class OCRDemoConfig(DemoConfig):
         0, ge=0, help="if > 0, warm up a fresh tiny LLaVA on the pages for this many steps instead"
     )
     margin: float = opt(0.04, ge=0, le=1, help="keep lists whose reward margin max - min reaches this (paper: 0.04)")
-    methods: list[str] = opt(["sft", "dpo", "perpo"], help="training methods compared with the base")
-    # Learning rates and β: the best of six val-split trials per method (docs/miniature_ocr.md §2).
-    lr_sft: float = opt(3e-3, gt=0, help="learning rate of SFT")
-    lr_dpo: float = opt(3e-5, gt=0, help="learning rate of DPO")
-    lr_perpo: float = opt(1e-4, gt=0, help="learning rate of PerPO")
-    beta_dpo: float = opt(0.5, gt=0, help="β of DPO (paper: 0.1)")
-    beta_perpo: float = opt(0.5, gt=0, help="β of PerPO (paper: 0.1)")
     heldout: int = opt(
         0,
         ge=0,
@@ -473,8 +489,10 @@ def _run_demo(cfg: DemoConfig, out: Path) -> dict:
     return summary
 
 
-LABELS = {method: label if method == "base" else f"+ {label}" for method, label in METHOD_LABELS.items()}
-"""Row label of each method's run: "base", "+ SFT", "+ PerPO", ... (as the report tables label rows)."""
+def row_label(method: str) -> str:
+    """Row label of a method's run: "base", "+ SFT", "+ PerPO", ... (as the report tables label rows)."""
+    label = METHODS[method].label if method in METHODS else method
+    return label if method == "base" else f"+ {label}"
 
 
 def evaluate_models(
@@ -570,8 +588,8 @@ def write_demo_report(out: Path, data: Path, evals: dict[str, Path], track: str 
     transcriptions with their differences marked), all in `<out>/report`."""
     from reports.report import ReportConfig, run_report
 
-    runs = [{"path": str(path), "label": LABELS[name], "method": name} for name, path in evals.items()]
-    compare = {"base": LABELS["base"], "after": LABELS["perpo"]} if "perpo" in evals else None
+    runs = [{"path": str(path), "label": row_label(name), "method": name} for name, path in evals.items()]
+    compare = {"base": row_label("base"), "after": row_label("perpo")} if "perpo" in evals else None
     benchmark = "synthetic page-OCR" if track == "ocr" else "synthetic grounding"
     index = run_report(
         ReportConfig(

@@ -123,7 +123,7 @@ def scores(eval_dir: Path) -> dict:
 
 def online_table(rows: dict[str, dict]) -> str:
     """The study's markdown table."""
-    from reports.load import METHOD_LABELS
+    from reports.load import method_label
 
     def cell(value, fmt="{:.1f}"):
         return "–" if value is None else fmt.format(value)
@@ -137,7 +137,7 @@ def online_table(rows: dict[str, dict]) -> str:
         pair = f"{cell(row.get('first'))} / {cell(row.get('best'))}" if row.get("best") is not None else "–"
         clock = f"{row['seconds']:.0f} ({row['includes']})" if "seconds" in row else "–"
         lines.append(
-            f"| {METHOD_LABELS.get(method, method)} | {cell(row.get('ap50'))} | {cell(row.get('blank'))} | {pair} "
+            f"| {method_label(method)} | {cell(row.get('ap50'))} | {cell(row.get('blank'))} | {pair} "
             f"| {cell(row.get('generated'), '{:,}')} | {cell(row.get('steps'), '{:d}')} | {clock} |"
         )
     return "\n".join(lines) + "\n"

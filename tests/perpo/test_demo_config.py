@@ -11,8 +11,24 @@ from perpo.embedded.demo import DemoConfig, Stages, resolve_threads
 
 
 def test_each_method_gets_its_own_learning_rate_and_beta():
-    cfg = DemoConfig(lr_dpo=3e-5, beta_perpo=2.0, beta_dpo=0.1)
-    assert (cfg.lr("dpo"), cfg.lr("sft"), cfg.beta("perpo"), cfg.beta("dpo")) == (3e-5, cfg.lr_sft, 2.0, 0.1)
+    cfg = DemoConfig(learning_rates=["dpo=3e-5"], betas=["perpo=2", "dpo=0.1"])
+    assert (cfg.lr("dpo"), cfg.lr("sft"), cfg.beta("perpo"), cfg.beta("dpo")) == (3e-5, 3e-4, 2.0, 0.1)
+    assert (cfg.lr("lipo"), cfg.beta("lipo"), cfg.lr("grpo"), cfg.beta("grpo")) == (1e-4, 0.5, 1e-4, 0.0)
+
+
+def test_the_tracks_defaults_come_from_the_method_registry():
+    from perpo.embedded.demo import OCRDemoConfig
+
+    ocr = OCRDemoConfig()
+    assert ocr.methods == ["sft", "dpo", "perpo"] and DemoConfig().methods == ["sft", "dpo", "lipo", "perpo"]
+    assert (ocr.lr("sft"), ocr.lr("dpo"), ocr.beta("dpo"), ocr.lr("perpo"), ocr.beta("perpo")) == (
+        3e-3,
+        3e-5,
+        0.5,
+        1e-4,
+        0.5,
+    )
+    assert (ocr.lr("lipo"), ocr.beta("lipo"), ocr.beta("sft")) == (1e-4, 0.5, 0.1)
 
 
 @pytest.mark.parametrize(
@@ -20,7 +36,10 @@ def test_each_method_gets_its_own_learning_rate_and_beta():
     [
         ({"methods": ["sft", "ppo"]}, "unknown method.*ppo"),
         ({"n": 1}, "--n must be >= 2, got 1"),
-        ({"lr_perpo": float("nan")}, "--lr_perpo must be a finite number > 0, got nan"),
+        ({"learning_rates": ["perpo=nan"]}, "--learning_rates 'perpo=nan': the value must be a finite number > 0"),
+        ({"learning_rates": ["perpo=0"]}, "must be a finite number > 0"),
+        ({"betas": ["ppo=0.1"]}, "--betas 'ppo=0.1': unknown method 'ppo'"),
+        ({"betas": ["dpo"]}, "--betas 'dpo': the value must be a finite number >= 0 \\(METHOD=VALUE\\)"),
         ({"instructions": 0}, "--instructions must be >= 1, got 0"),
         ({"heldout": -1}, "--heldout must be >= 0"),
     ],

@@ -19,8 +19,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from perpo.losses import (
-    LOSS_NEEDS_REFERENCE,
     LOSSES,
+    METHODS,
     dpo_loss,
     get_loss,
     lipo_lambda_weights,
@@ -170,7 +170,8 @@ def batches(draw, min_n: int = 1, max_n: int = 6, max_b: int = 3, masked: bool =
 
 def test_registry_names_and_reference_needs() -> None:
     assert set(LOSSES) == {"perpo", "lipo", "listwise", "dpo", "sft"}
-    assert LOSS_NEEDS_REFERENCE == frozenset({"perpo", "lipo", "listwise", "dpo"})
+    assert {name for name in LOSSES if METHODS[name].needs_reference} == {"perpo", "lipo", "listwise", "dpo"}
+    assert [name for name in LOSSES if METHODS[name].on_answers] == ["sft"]
     for name, fn in LOSSES.items():
         assert get_loss(name) is fn
 
@@ -700,7 +701,7 @@ def test_sft_ignores_rewards_beta_and_reference() -> None:
     loss.backward()
     torch.testing.assert_close(policy.grad, torch.full((2, 1), -1.0 / 6))  # d(−Σ logps / Σ tokens)/d logp
     torch.testing.assert_close(stats["logps/ref_per_token"], torch.tensor(-2.0 / 6))
-    assert "sft" not in LOSS_NEEDS_REFERENCE
+    assert not METHODS["sft"].needs_reference
 
 
 # --------------------------------------------------------------------------------------------------

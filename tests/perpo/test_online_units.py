@@ -61,10 +61,11 @@ def test_iterate_options_are_checked():
 def test_reports_name_the_online_methods(tmp_path):
     import json
 
-    from reports.load import METHOD_LABELS, METHOD_ORDER
+    from perpo.losses import METHODS
+    from reports.load import method_label
     from reports.result_files import training_metadata
 
-    assert METHOD_LABELS["grpo"] == "GRPO" and METHOD_ORDER[-2:] == ("perpo_iter", "grpo")
+    assert method_label("grpo") == "GRPO" and list(METHODS)[-2:] == ["perpo_iter", "grpo"]
     (tmp_path / "train_config.json").write_text(json.dumps(
         {"GRPOArguments": {"lora_r": 8, "lora_alpha": 16, "data": None}, "GRPOConfig": {"num_generations": 20,
          "beta": 0.04, "learning_rate": 1e-5}, "loss": "grpo"}

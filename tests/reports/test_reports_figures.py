@@ -13,7 +13,7 @@ from PIL import Image
 from report_helpers import AFTER, BASE, scale_metric, trained_copy
 
 from reports import figures
-from reports.load import METHOD_COLORS, load_results
+from reports.load import load_results, method_colour
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_best_of_n_curve_has_one_line_per_run_with_the_logged_curve(results, tmp
         assert ys[-1] == pytest.approx(100 * results.value(run.label, "perpo_synth_test_bon20", "ap50_best"))
     assert len(ax.get_legend().get_texts()) == 2
     # each method its own colour, the one it has in every figure
-    assert [to_hex(line.get_color()) for line in ax.get_lines()] == [METHOD_COLORS["base"], METHOD_COLORS["perpo"]]
+    assert [to_hex(line.get_color()) for line in ax.get_lines()] == [method_colour("base"), method_colour("perpo")]
     _png(fig, tmp_path / "bon.png")
     assert figures.best_of_n_figure(results, "edit_dist") is None  # no OCR best-of-N task in these runs
 
@@ -95,7 +95,7 @@ def test_sweeps_draw_one_line_per_method_over_the_training_setting(tmp_path, fie
     assert ax.get_xlabel() == figures.SWEEP_FIELDS[field] and ax.get_ylabel() == "AP@50 (%)"
     lines = ax.get_lines()
     assert [line.get_label() for line in lines] == (["DPO", "PerPO"] if field == "n" else ["PerPO"])
-    assert to_hex(lines[-1].get_color()) == METHOD_COLORS["perpo"]
+    assert to_hex(lines[-1].get_color()) == method_colour("perpo")
     xs, ys = lines[-1].get_data()
     assert list(xs) == list(values)
     expected = [100 * 4 / 24 * (i + 1) / len(values) for i in range(len(values))]

@@ -50,7 +50,9 @@ def demo(tmp_path, tiny_llava, synth_data) -> Path:
             }
         )  # fmt: skip
     write_jsonl(demo / "lists" / "train.jsonl", records)
-    save_resolved(demo, "demo_config", DemoConfig(quick=True, lora_r=4, lora_alpha=8, batch_size=4, lr_dpo=1e-3))
+    save_resolved(
+        demo, "demo_config", DemoConfig(quick=True, lora_r=4, lora_alpha=8, batch_size=4, learning_rates=["dpo=1e-3"])
+    )
     return demo
 
 
