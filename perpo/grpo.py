@@ -28,10 +28,9 @@ from typing import Any
 from perpo.config import ConfigError, check_numbers, check_spares_inputs, opt
 from perpo.families import Family, family_of
 from perpo.modeling import DEFAULT_LORA_TARGETS
+from perpo.rewards import TASK_REWARDS
 
 logger = logging.getLogger(__name__)
-
-TASK_REWARDS = {"grounding": "iou", "ocr": "ocr"}
 
 
 @dataclass

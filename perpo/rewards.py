@@ -74,6 +74,9 @@ REWARDS: dict[str, RewardFn] = {"iou": iou_reward, "ocr": ocr_reward}
 DEFAULT_MARGINS: dict[str, float] = {"iou": GROUNDING_MARGIN, "ocr": OCR_MARGIN}
 """Default data margin for each built-in reward."""
 
+TASK_REWARDS: dict[str, str] = {"grounding": "iou", "ocr": "ocr"}
+"""The default reward of each record task (`perpo build-data` without --reward, `perpo grpo --reward auto`)."""
+
 
 def get_reward(name: str) -> RewardFn:
     """Resolve a reward by registry name or by a dotted path to a user's callable.

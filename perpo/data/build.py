@@ -40,13 +40,11 @@ from typing import Any, Literal
 from perpo.config import ConfigError, check_numbers, check_spares_inputs, opt
 from perpo.data.schema import RecordError, dump_record, load_records, rebase_image, resolve_image
 from perpo.data.sources import equal_share_sample
-from perpo.rewards import DEFAULT_MARGINS, get_reward, list_margin, passes_margin
+from perpo.rewards import DEFAULT_MARGINS, TASK_REWARDS, get_reward, list_margin, passes_margin
 
 logger = logging.getLogger(__name__)
 
 OUTPUTS = ("train.jsonl", "stats.json", "stats.png", "build_config.json")
-TASK_REWARDS = {"grounding": "iou", "ocr": "ocr"}
-"""Default reward per task."""
 HIT_THRESHOLD = 0.5
 """IoU at which a grounding answer counts as right (AP@50), for the best-of-k hit rate."""
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
