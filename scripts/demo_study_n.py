@@ -38,7 +38,7 @@ import numpy as np
 from perpo.config import ConfigError
 from perpo.embedded.demo import DemoConfig, train_method
 from perpo.io import atomic_open, read_jsonl, write_json
-from perpo.losses import LOSSES
+from perpo.losses import LOSSES, METHODS
 from reports.load import method_label
 
 NS = (2, 4, 8, 20)
@@ -51,6 +51,10 @@ def demo_config(demo: Path) -> DemoConfig:
     if not path.is_file():
         raise ConfigError(f"no {path}: give the output folder of a `perpo demo` run")
     fields = json.loads(path.read_text())["DemoConfig"]
+    # a demo of an earlier version recorded `lr_<method>` / `beta_<method>` fields: the same settings, as overrides
+    for old, new in (("lr_", "learning_rates"), ("beta_", "betas")):
+        named = {k[len(old) :]: v for k, v in fields.items() if k.startswith(old) and k[len(old) :] in METHODS}
+        fields.setdefault(new, [f"{method}={value}" for method, value in named.items()])
     known = set(DemoConfig.__dataclass_fields__)
     return DemoConfig(**{k: v for k, v in fields.items() if k in known})
 

@@ -100,3 +100,16 @@ def test_list_sizes_beyond_the_demo_lists_are_skipped(demo, capsys):
 def test_a_quick_demo_config_is_not_clamped_back_to_six():
     cfg = DemoConfig(quick=True)
     assert cfg.n == LIST_SIZE and study_n.with_n(cfg, 20).n == 20 and cfg.n == LIST_SIZE
+
+
+def test_a_demo_config_of_the_flat_lr_fields_keeps_its_settings(tmp_path):
+    fields = {"seed": 3, "lr_dpo": 1e-3, "beta_perpo": 0.2, "lr_perpo_iter": 5e-5, "lr_gamma": 1.0}
+    (tmp_path / "demo_config.json").write_text(json.dumps({"DemoConfig": fields}))
+    cfg = study_n.demo_config(tmp_path)
+    assert (cfg.seed, cfg.lr("dpo"), cfg.beta("perpo"), cfg.lr("perpo_iter"), cfg.lr("sft")) == (
+        3,
+        1e-3,
+        0.2,
+        5e-5,
+        3e-4,
+    )
