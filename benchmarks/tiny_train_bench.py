@@ -168,32 +168,14 @@ class StepTimer:
         return _Timer()
 
 
-@contextlib.contextmanager
-def timed_trainer(timer):
-    """Attach `timer` to the PerPOTrainer that `run_train` builds."""
-    from perpo.trainer import PerPOTrainer
-
-    original = PerPOTrainer.__init__
-
-    def init(self, *a, **k):
-        original(self, *a, **k)
-        self.add_callback(timer)
-
-    PerPOTrainer.__init__ = init
-    try:
-        yield
-    finally:
-        PerPOTrainer.__init__ = original
-
-
 def run_once(path: str, lists: Path, n: int, max_lists: int, epochs: float, work: Path) -> dict:
     from perpo.trainer import run_train
 
     timer = StepTimer()
-    with tempfile.TemporaryDirectory(dir=work) as tmp, timed_trainer(timer):
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
         log = io.StringIO()
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            run_train(perpo_args(path, lists, n, max_lists), training_args(Path(tmp), epochs))
+            run_train(perpo_args(path, lists, n, max_lists), training_args(Path(tmp), epochs), [timer])
     steps = timer.steps()
     per_epoch = math.ceil(max_lists / DEMO["batch_size"])
     first, later = steps[:per_epoch], steps[per_epoch:]

@@ -18,7 +18,7 @@ from transformers import TrainerCallback, TrainingArguments
 from perpo.boxes import format_box
 from perpo.cli import main
 from perpo.io import read_jsonl
-from perpo.trainer import PerPOArguments, PerPOTrainer, run_train
+from perpo.trainer import PerPOArguments, run_train
 
 pytestmark = pytest.mark.slow
 HELDOUT, LISTS = 6, 2
@@ -43,12 +43,6 @@ def _train(base, data, val, out, monkeypatch, **training) -> list[dict]:
         def on_log(self, args, state, control, logs=None, **kwargs):
             seen.append(dict(logs))
 
-    original = PerPOTrainer.__init__
-
-    def init(self, *a, **k):
-        original(self, *a, **k)
-        self.add_callback(Record())
-
     args = PerPOArguments(
         model_name_or_path=str(base), data=str(data), n=2, lora_r=4, lora_alpha=8,
         eval_data=str(val), eval_limit=HELDOUT, eval_train_lists=LISTS,
@@ -57,9 +51,7 @@ def _train(base, data, val, out, monkeypatch, **training) -> list[dict]:
         output_dir=str(out), per_device_train_batch_size=2, max_steps=2, logging_steps=1, learning_rate=5e-3,
         report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0, data_seed=0,
     )  # fmt: skip
-    with monkeypatch.context() as patch:
-        patch.setattr(PerPOTrainer, "__init__", init)
-        run_train(args, TrainingArguments(**(kw | training)))
+    run_train(args, TrainingArguments(**(kw | training)), [Record()])
     return seen
 
 

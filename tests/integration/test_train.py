@@ -66,24 +66,7 @@ def test_each_loss_trains_through_the_trainer(loss, tiny_llava, listwise_data, t
     assert history["PerPOArguments"]["loss"] == loss
 
 
-@pytest.fixture
-def add_callback(monkeypatch):
-    """Attach a TrainerCallback to every PerPOTrainer built during the test."""
-    from perpo.trainer import PerPOTrainer
-
-    original = PerPOTrainer.__init__
-
-    def attach(callback):
-        def init(self, *a, **k):
-            original(self, *a, **k)
-            self.add_callback(callback)
-
-        monkeypatch.setattr(PerPOTrainer, "__init__", init)
-
-    return attach
-
-
-def test_lora_moves_base_stays_and_reference_is_fixed(tiny_llava, listwise_data, tmp_path, monkeypatch, add_callback):
+def test_lora_moves_base_stays_and_reference_is_fixed(tiny_llava, listwise_data, tmp_path, monkeypatch):
     from perpo.modeling import load_model
     from perpo.trainer import PerPOTrainer
 
@@ -98,10 +81,9 @@ def test_lora_moves_base_stays_and_reference_is_fixed(tiny_llava, listwise_data,
         def on_train_end(self, args, state, control, model=None, **kwargs):
             final.update({k: v.detach().clone() for k, v in model.named_parameters()})
 
-    add_callback(Snapshot())
     # One list, batch 1, four steps: the same list every step while the adapter moves.
     args = _args(tiny_llava, listwise_data, max_lists=1)
-    run_train(args, _training(tmp_path / "fixed", per_device_train_batch_size=1, max_steps=4))
+    run_train(args, _training(tmp_path / "fixed", per_device_train_batch_size=1, max_steps=4), [Snapshot()])
 
     assert len(refs) == 4 and all(torch.equal(ref, refs[0]) for ref in refs)
     initial = load_model(tiny_llava, dtype="float32").state_dict()
@@ -140,9 +122,7 @@ def test_naive_and_shared_layouts_train_identically(tiny_llava, listwise_data, t
         torch.testing.assert_close(naive[key], shared[key], rtol=1e-3, atol=1e-5)
 
 
-def test_killed_after_a_checkpoint_and_rerun_resumes_to_the_same_adapter(
-    tiny_llava, listwise_data, tmp_path, add_callback, caplog
-):
+def test_killed_after_a_checkpoint_and_rerun_resumes_to_the_same_adapter(tiny_llava, listwise_data, tmp_path, caplog):
     from perpo.config import ConfigError
 
     args = _args(tiny_llava, listwise_data)
@@ -155,12 +135,10 @@ def test_killed_after_a_checkpoint_and_rerun_resumes_to_the_same_adapter(
 
     out = tmp_path / "resumed"
     saving = dict(max_steps=4, save_strategy="steps", save_steps=2)
-    add_callback(Crash())
     with pytest.raises(KeyboardInterrupt):
-        run_train(args, _training(out, **saving))
+        run_train(args, _training(out, **saving), [Crash()])
     assert (out / "checkpoint-2").is_dir() and not (out / "adapter_model.safetensors").exists()
     (out / "checkpoint-3").mkdir()  # a kill while saving leaves a checkpoint without trainer_state.json
-    add_callback(TrainerCallback())  # no crash this time
 
     with pytest.raises(ConfigError, match=r"other settings \(learning_rate: 0.005 -> 0.001\)"):
         run_train(args, _training(out, **saving | {"learning_rate": 1e-3}))

@@ -23,7 +23,7 @@ from perpo.trainer import PerPOArguments, PerPOTrainer, run_train
 pytestmark = pytest.mark.slow
 N = 6
 TODAY = dict(layout="shared", cache_reference=False, cache_inputs=False, fuse_lora=False)
-_INIT, _LOGPS = PerPOTrainer.__init__, PerPOTrainer._logps
+_LOGPS = PerPOTrainer._logps
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +51,13 @@ class Record(TrainerCallback):
 
 def _train(tiny_llava, lists, out, monkeypatch, training_kw=None, **path):
     record = Record()
-    original_init, original_logps = _INIT, _LOGPS
-
-    def init(self, *a, **k):
-        original_init(self, *a, **k)
-        self.add_callback(record)
+    original_logps = _LOGPS
 
     def logps(self, model, batch):
         if not torch.is_grad_enabled():
             record.reference_passes += 1
         return original_logps(self, model, batch)
 
-    monkeypatch.setattr(PerPOTrainer, "__init__", init)
     monkeypatch.setattr(PerPOTrainer, "_logps", logps)
     args = PerPOArguments(
         model_name_or_path=str(tiny_llava), data=str(lists), n=N, lora_r=4, lora_alpha=8, beta=0.5, **path
@@ -71,7 +66,7 @@ def _train(tiny_llava, lists, out, monkeypatch, training_kw=None, **path):
         output_dir=str(out), per_device_train_batch_size=2, num_train_epochs=3, logging_steps=1, learning_rate=5e-3,
         report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0, data_seed=0, **(training_kw or {}),
     )  # fmt: skip
-    out = run_train(args, training)
+    out = run_train(args, training, [record])
     return record, load_file(str(out / "adapter_model.safetensors"))
 
 
