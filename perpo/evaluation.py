@@ -225,7 +225,7 @@ def _tasks_root() -> Path | None:
 
 
 def perpo_task_names() -> set[str]:
-    """The task and group names the perpo task files declare (`task: name` or `group: name` scalars)."""
+    """The task, group and tag names the perpo task files declare (`task: name`, `group: name`, `tag: name`)."""
     import re
 
     root = _tasks_root()

@@ -381,9 +381,9 @@ def longest_question(records: list[dict]) -> dict:
 def sample_plan(cfg: SampleConfig, device: str, record: dict | None = None) -> dict:
     """Check a sampling run against its device and model before any weight loads, and log the estimate.
 
-    The prompt is measured on `record` (default: the instruction with the longest question) with its image; the
-    KV cache of the
-    `batch_size x n` rows of a `generate` call is sized from the checkpoint's config (`perpo.memory`).
+    The prompt is measured on `record` (default: the instruction with the longest question) with its image;
+    the KV cache of the `batch_size x n` rows of a `generate` call is sized from the checkpoint's config
+    (`perpo.memory`).
 
     Raises:
         ConfigError: the prompt plus max_new_tokens exceeds the model's context, or (hf backend, on a GPU) the
