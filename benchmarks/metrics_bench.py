@@ -1,8 +1,8 @@
 """Benchmark: PerPO's Fox page-OCR metrics against a plain nltk implementation of the same definitions.
 
 Scores 212 synthetic pages (112 English, 100 Chinese, like Fox's page-OCR split) of 1,000-4,000 characters with
-OCR-style errors in the predictions, with `perpo.metrics.ocr.ocr_metrics` (official argument order) and with a
-plain transcription of the official `cal_per_metrics` on nltk. nltk's pure-Python edit distance needs seconds
+OCR-style errors in the predictions, with `perpo.objectives.metrics.ocr.ocr_metrics` (official argument order) and with
+a plain transcription of the official `cal_per_metrics` on nltk. nltk's pure-Python edit distance needs seconds
 per page, so the nltk side runs on a sample of pages (both implementations are timed on the same pages), and
 nltk's 2,000-character cap on `edit_distance` (`nltk.metrics.distance.MAX_DISTANCE_INPUT_LEN`) is lifted for
 it. Prints the machine, medians over repeats, a per-metric breakdown, the agreement of the two
@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Callable
 from importlib.metadata import version
 
-from perpo.metrics import ocr
+from perpo.objectives.metrics import ocr
 
 # ----------------------------------------------------------------------------------------------------------------
 # Synthetic pages

@@ -3,7 +3,7 @@
 The configuration is the demo's PerPO training: the committed base `perpo/assets/tiny_llava_base` (2 M parameters),
 N = 20 responses per list, 8 lists per optimizer step, LoRA r 32 / alpha 64 on every linear layer of the language
 model plus the projector as a peft `modules_to_save`, loss perpo (beta 0.5, gamma 0.5), reference = the policy
-with its adapters disabled, fp32 on CPU, AdamW lr 1e-4 cosine, 3 epochs, `perpo.trainer.run_train` end to end
+with its adapters disabled, fp32 on CPU, AdamW lr 1e-4 cosine, 3 epochs, `perpo.training.trainer.run_train` end to end
 (HF Trainer, data loading, logging every 5 steps). Two paths, on the same lists, alternating in one process:
 
     today   layout shared (one row per list), every list re-encoded every epoch, a reference pass every step,
@@ -60,7 +60,7 @@ PATHS = {
     "today": dict(layout="shared", cache_reference=False, cache_inputs=False, fuse_lora=False),
     "fast": dict(layout="tree", cache_reference=True, cache_inputs=True, fuse_lora=True),
 }
-# The demo's PerPO training (perpo/embedded/demo.py: DemoConfig, train_method).
+# The demo's PerPO training (perpo/studies/demo.py: DemoConfig, train_method).
 DEMO = dict(loss="perpo", beta=0.5, gamma=0.5, lora_r=32, lora_alpha=64, lr=1e-4, batch_size=8, epochs=3)
 
 
@@ -83,8 +83,8 @@ def build_lists(work: Path, responses: str, n: int, instructions: int, seed: int
     out.mkdir(parents=True, exist_ok=True)
     if responses == "sampled":
         from perpo.data.build import BuildDataConfig, run_build_data
-        from perpo.embedded.demo import ASSET
-        from perpo.sampling import SampleConfig, run_sample
+        from perpo.sampling.sample import SampleConfig, run_sample
+        from perpo.studies.demo import ASSET
 
         sources.write_records(out / "instructions.jsonl", picked)
         run_sample(
@@ -98,9 +98,9 @@ def build_lists(work: Path, responses: str, n: int, instructions: int, seed: int
         return lists
     import random
 
-    from perpo.boxes import format_box
     from perpo.data.schema import dump_record, rebase_image
-    from perpo.rewards import iou_reward
+    from perpo.objectives.boxes import format_box
+    from perpo.objectives.rewards import iou_reward
 
     rng = random.Random(seed)
     rows = []
@@ -119,8 +119,8 @@ def build_lists(work: Path, responses: str, n: int, instructions: int, seed: int
 
 
 def perpo_args(path: str, lists: Path, n: int, max_lists: int):
-    from perpo.embedded.demo import ASSET
-    from perpo.trainer import PerPOArguments
+    from perpo.studies.demo import ASSET
+    from perpo.training.trainer import PerPOArguments
 
     return PerPOArguments(
         model_name_or_path=str(ASSET), data=str(lists), loss=DEMO["loss"], n=n, beta=DEMO["beta"],
@@ -169,7 +169,7 @@ class StepTimer:
 
 
 def run_once(path: str, lists: Path, n: int, max_lists: int, epochs: float, work: Path) -> dict:
-    from perpo.trainer import run_train
+    from perpo.training.trainer import run_train
 
     timer = StepTimer()
     with tempfile.TemporaryDirectory(dir=work) as tmp:
@@ -199,10 +199,10 @@ def check_equal(lists: Path, n: int, batches: int = 2) -> dict:
 
     from perpo.data.collate import ListCollator
     from perpo.data.schema import load_records
-    from perpo.embedded.demo import ASSET
-    from perpo.families import LLAVA
-    from perpo.modeling import apply_lora, disable_dropout, fuse_lora, load_model, load_processor
-    from perpo.trainer import ListDataset, PerPOTrainer
+    from perpo.model.families import LLAVA
+    from perpo.model.modeling import apply_lora, disable_dropout, fuse_lora, load_model, load_processor
+    from perpo.studies.demo import ASSET
+    from perpo.training.trainer import ListDataset, PerPOTrainer
 
     records = load_records(lists, stage="train", n=n)[: batches * DEMO["batch_size"]]
     processor = load_processor(ASSET)
@@ -271,10 +271,10 @@ def layout_stats(lists: Path, n: int, max_lists: int) -> dict:
     """Tokens per step of both layouts (the tree's share of response tokens)."""
     from perpo.data.collate import ListCollator
     from perpo.data.schema import load_records
-    from perpo.embedded.demo import ASSET
-    from perpo.families import LLAVA
-    from perpo.logprobs import shared_rows, tree_rows
-    from perpo.modeling import load_processor
+    from perpo.model.families import LLAVA
+    from perpo.model.logprobs import shared_rows, tree_rows
+    from perpo.model.modeling import load_processor
+    from perpo.studies.demo import ASSET
 
     records = load_records(lists, stage="train", n=n)[:max_lists]
     batch = ListCollator(load_processor(ASSET), lists.parent, n, family=LLAVA)(records)["batch"]

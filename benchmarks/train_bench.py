@@ -3,7 +3,7 @@
 One training step = policy log-probs with gradient + reference log-probs (no gradient) + loss + backward + gradient
 clipping + AdamW on the LoRA parameters (r 8, every linear layer of the language model, the projector as a peft
 `modules_to_save`), one list per step (B = 1) at LLaVA-1.5 token shapes: 576 image tokens + 40 prompt tokens, N
-responses of 20 tokens (the last one EOS). The layouts (`perpo.logprobs`):
+responses of 20 tokens (the last one EOS). The layouts (`perpo.model.logprobs`):
 
     naive               the released PerPO code's layout: N full sequences [prompt][response_k] through the policy and
                         through a separate frozen reference model, the image encoded 2N times per step, the model's
@@ -338,7 +338,7 @@ def setup_worker(cfg: dict):
 
 
 def lora_model(model, cfg: dict):
-    from perpo.modeling import apply_lora, disable_dropout
+    from perpo.model.modeling import apply_lora, disable_dropout
 
     model.requires_grad_(False)
     disable_dropout(model)
@@ -352,9 +352,9 @@ def run_layout(cfg: dict) -> dict:
     """Time `cfg["steps"]` training steps (after one warm-up step) of one layout; see the module docstring."""
     import torch
 
-    from perpo.logprobs import ListBatch, naive_logps, shared_logps
-    from perpo.losses import LOSSES
-    from perpo.modeling import frozen_copy
+    from perpo.model.logprobs import ListBatch, naive_logps, shared_logps
+    from perpo.model.modeling import frozen_copy
+    from perpo.objectives.losses import LOSSES
 
     spec, processor, dtype = setup_worker(cfg)
     device, layout, n = cfg["device"], cfg["layout"], cfg["n"]
@@ -479,8 +479,8 @@ def run_trl(cfg: dict) -> dict:
     from transformers import PrinterCallback, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from perpo.families import family_of
-    from perpo.modeling import DEFAULT_LORA_TARGETS, disable_dropout
+    from perpo.model.families import family_of
+    from perpo.model.modeling import DEFAULT_LORA_TARGETS, disable_dropout
 
     spec, processor, dtype = setup_worker(cfg)
     device = cfg["device"]
@@ -903,9 +903,9 @@ def main(argv: list[str] | None = None) -> int:
     # machine). TRL is imported by its worker only: it pulls in DeepSpeed.
     from peft import LoraConfig, get_peft_model  # noqa: F401
 
-    import perpo.logprobs  # noqa: F401
-    import perpo.losses  # noqa: F401
-    import perpo.modeling  # noqa: F401
+    import perpo.model.logprobs  # noqa: F401
+    import perpo.model.modeling  # noqa: F401
+    import perpo.objectives.losses  # noqa: F401
 
     info = machine_info(args.device, args.threads)
     counts = parameter_counts(spec)

@@ -32,8 +32,8 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from perpo.boxes import gt_box_in_frame
-from perpo.prompts import fox_question
+from perpo.model.prompts import fox_question
+from perpo.objectives.boxes import gt_box_in_frame
 
 logger = logging.getLogger(__name__)
 

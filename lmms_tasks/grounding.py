@@ -1,7 +1,7 @@
 """lmms-eval hooks of the grounding tasks (RefCOCO family and the synthetic benchmark).
 
 The task folders' `utils.py` bind these to a frame and a prompt (lmms-eval calls hooks with the document only, so
-every option a hook needs is fixed by which function the YAML names). Scoring is `perpo.metrics.grounding`:
+every option a hook needs is fixed by which function the YAML names). Scoring is `perpo.objectives.metrics.grounding`:
 
 - greedy tasks return per document `ap50`, `iou`, `parse_fail`, `acc10`..`acc90`, `center_acc` (floats, averaged
   by `aggregation: mean`), `frame` (a string, aggregated to the single frame of the task), and `record`, a dict
@@ -17,15 +17,15 @@ from collections.abc import Sequence
 
 from lmms_tasks.bestofk import best_of_n_summary
 from lmms_tasks.images import blank_like, expand2square, open_image
-from perpo.boxes import FRAMES, parse_box
-from perpo.families.qwen2_5_vl import resized_size
-from perpo.metrics.grounding import box_metrics
-from perpo.prompts import (
+from perpo.model.families.qwen2_5_vl import resized_size
+from perpo.model.prompts import (
     GROUNDING_QUESTION,
     LMMS_EVAL_GROUNDING_QUESTION,
     QWEN_GROUNDING_QUESTION,
     grounding_question,
 )
+from perpo.objectives.boxes import FRAMES, parse_box
+from perpo.objectives.metrics.grounding import box_metrics
 
 PROMPTS: dict[str, str] = {
     "llava15": GROUNDING_QUESTION,
@@ -65,8 +65,8 @@ def doc_to_visual(doc: dict, frame: str) -> list:
 
 def qwen_pixels(doc: dict) -> tuple[int, int]:
     """`(width, height)` of the image the `_qwen` tasks hand over: the document's image as Qwen2.5-VL's processor
-    resizes it (`perpo.families.qwen2_5_vl.resized_size`, bounds from `QWEN_PIXEL_ENV`). Its answers are pixels of
-    this image, and an image already of this size is not resized again by a model run with the same bounds."""
+    resizes it (`perpo.model.families.qwen2_5_vl.resized_size`, bounds from `QWEN_PIXEL_ENV`). Its answers are pixels
+    of this image, and an image already of this size is not resized again by a model run with the same bounds."""
     bounds = []
     for name, default in zip(QWEN_PIXEL_ENV, QWEN_PIXEL_DEFAULTS, strict=True):
         value = os.environ.get(name, "")
@@ -136,8 +136,8 @@ BOXES = ("norm", "qwen_pixels", "qwen_relative")
 
 
 def read_answer_box(response: str, boxes: str = "norm", pixels: tuple[int, int] | None = None):
-    """The first box of an answer, normalised (`perpo.boxes.parse_box`), read the way `boxes` says it is written
-    (`pixels`: the `qwen_pixels` size, for `qwen_pixels`)."""
+    """The first box of an answer, normalised (`perpo.objectives.boxes.parse_box`), read the way `boxes` says it is
+    written (`pixels`: the `qwen_pixels` size, for `qwen_pixels`)."""
     if boxes == "qwen_pixels":
         return parse_box(response, fmt="pixel", size=pixels)
     if boxes == "qwen_relative":

@@ -1,6 +1,6 @@
 """lmms-eval hooks of the Fox page-OCR tasks.
 
-Scoring is `perpo.metrics.ocr`. Per page, greedy tasks return the six official metrics under their
+Scoring is `perpo.objectives.metrics.ocr`. Per page, greedy tasks return the six official metrics under their
 plain names, computed in the official script's argument order (its "precision" is the true recall, its BLEU and
 METEOR score the ground truth against the output: the order the published numbers use), and the textbook order
 of the four order-dependent metrics as `precision_textbook`, `recall_textbook`, `bleu_textbook`,
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from lmms_tasks.bestofk import best_of_n_summary
 from lmms_tasks.images import blank_like, open_image
-from perpo.metrics.ocr import normalized_edit_distance, ocr_metrics, set_precision_recall_f1, tokenize_pair
+from perpo.objectives.metrics.ocr import normalized_edit_distance, ocr_metrics, set_precision_recall_f1, tokenize_pair
 
 ORDER_DEPENDENT = ("precision", "recall", "bleu", "meteor")
 

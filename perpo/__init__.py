@@ -1,7 +1,7 @@
 """PerPO: Perceptual Preference Optimization via discriminative rewarding.
 
 The package is import-light: submodules pull in torch/transformers only when they need them, so
-`perpo.boxes`, `perpo.metrics` and `perpo.rewards` stay usable (and fast to import) without torch.
+`perpo.objectives` (boxes, metrics, rewards and the method registry) stays usable, and fast to import, without torch.
 """
 
 __version__ = "0.1.0"

@@ -195,7 +195,7 @@ def _warmup(argv: list[str]) -> int:
 
 def _demo(argv: list[str]) -> int:
     from perpo.config import parse_command
-    from perpo.embedded.demo import DemoConfig, OCRDemoConfig, run_demo
+    from perpo.studies.demo import DemoConfig, OCRDemoConfig, run_demo
 
     ocr = "--track=ocr" in argv or any(a == "--track" and b == "ocr" for a, b in zip(argv, argv[1:], strict=False))
     (cfg,) = parse_command(
@@ -273,7 +273,7 @@ def _add_preference_data_parsers(sub) -> None:
 def _preference_data(args, parser) -> int:
     from perpo.config import ConfigError, check_spares_inputs
     from perpo.data import sources
-    from perpo.families import LLAVA
+    from perpo.model.families import LLAVA
 
     given = ("data_json", "image_folder", "refer_root", "coco_images", "data", "fox_json", "fox_images", "model")
     read = [getattr(args, k, None) for k in given]
@@ -301,7 +301,7 @@ def _preference_data(args, parser) -> int:
         parser.error(f"--source {args.input} needs {' and '.join(missing)}")
     family, processor = LLAVA, None
     if args.model and args.input != "fox":  # page OCR has one question and no boxes, whatever the model
-        from perpo.modeling import checkpoint_family, load_processor
+        from perpo.model.modeling import checkpoint_family, load_processor
 
         family = checkpoint_family(args.model)
         processor = load_processor(args.model) if family.pixel_boxes else None
@@ -343,7 +343,7 @@ def _data(argv: list[str]) -> int:
 
 def _sample(argv: list[str]) -> int:
     from perpo.config import parse_command
-    from perpo.sampling import SampleConfig, run_sample
+    from perpo.sampling.sample import SampleConfig, run_sample
 
     (cfg,) = parse_command(
         [SampleConfig],
@@ -401,15 +401,15 @@ def _train(argv: list[str]) -> int:
     from transformers import TrainingArguments
 
     from perpo.config import parse_command
-    from perpo.losses import LOSSES
-    from perpo.trainer import PerPOArguments, deepspeed_distributed_env, run_train
+    from perpo.objectives.losses import LOSSES
+    from perpo.training.trainer import PerPOArguments, deepspeed_distributed_env, run_train
 
     args, training_args = parse_command(
         [PerPOArguments, TrainingArguments],
         argv,
         prog="perpo train",
         description="Train a LLaVA-family model on listwise data with PerPO or a baseline (--loss "
-        f"{'|'.join(LOSSES)}; perpo.losses.METHODS): peft LoRA, the reference kept fixed (--reference "
+        f"{'|'.join(LOSSES)}; perpo.objectives.losses.METHODS): peft LoRA, the reference kept fixed (--reference "
         "adapter|copy|precomputed), "
         "optional DeepSpeed (--deepspeed perpo/configs/deepspeed/zero3.json). Every transformers "
         "TrainingArguments flag works too (--learning_rate, --per_device_train_batch_size, --resume_from_checkpoint, "
@@ -433,7 +433,7 @@ def _grpo(argv: list[str]) -> int:
     import torch
 
     from perpo.config import parse_command
-    from perpo.grpo import GRPOArguments, run_grpo
+    from perpo.training.grpo import GRPOArguments, run_grpo
 
     if not torch.cuda.is_available() and not any(a.startswith("--use_cpu") for a in argv):
         argv = [*argv, "--use_cpu", "true"]  # as `perpo train` runs on a CPU without being told
@@ -456,7 +456,7 @@ def _grpo(argv: list[str]) -> int:
 
 def _iterate(argv: list[str]) -> int:
     from perpo.config import parse_command
-    from perpo.iterative import IterateConfig, run_iterate
+    from perpo.training.iterative import IterateConfig, run_iterate
 
     (cfg,) = parse_command(
         [IterateConfig],
@@ -491,7 +491,7 @@ def _export(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     from perpo.config import check_spares_inputs
-    from perpo.modeling import export_merged
+    from perpo.model.modeling import export_merged
 
     check_spares_inputs("--out", args.out, [args.adapter, args.base])
     out = export_merged(args.adapter, args.out, base=args.base, dtype=args.dtype)

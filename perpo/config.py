@@ -221,12 +221,3 @@ def run_metadata() -> dict[str, Any]:
 def jsonable(value: Any) -> Any:
     """`value` as it reads back from JSON (enums and paths as strings), so stored and live configs compare equal."""
     return json.loads(json.dumps(value, default=str))
-
-
-def save_resolved(out_dir: str | Path, name: str, *configs: Any, extra: dict | None = None) -> Path:
-    """Write the resolved config(s), `extra` and run metadata to `<out_dir>/<name>.json` (atomically)."""
-    from perpo.io import write_json
-
-    payload = {type(c).__name__: dataclasses.asdict(c) for c in configs} | (extra or {})
-    payload["meta"] = run_metadata()
-    return write_json(Path(out_dir) / f"{name}.json", jsonable(payload))

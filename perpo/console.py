@@ -4,7 +4,7 @@
   warnings go to `<logs>/demo.log`; the console keeps errors, and perpo's own warnings. transformers' own
   progress bars (loading weights) are switched off.
 - `TrainLog`: a `transformers.TrainerCallback` that draws one progress bar per training run and writes each entry of
-  the trainer's log history (`trainer.state.log_history`) as a JSON line; `perpo.trainer.run_train(...,
+  the trainer's log history (`trainer.state.log_history`) as a JSON line; `perpo.training.trainer.run_train(...,
   callbacks=[...])` uses it in place of the dict-printing console callback.
 - `training_summary` / `eval_summary`: the one-line summaries of a training run (from its log history) and of an
   evaluation run (from its results).

@@ -9,7 +9,7 @@ judged by the results file it must write.
 Everything lands in `output_dir`, replaced atomically (a failed run leaves the previous content untouched):
 
     output_dir/
-      eval_config.json      the resolved EvalConfig + git SHA, package versions, machine (perpo.config.save_resolved)
+      eval_config.json      the resolved EvalConfig + git SHA, package versions, machine (perpo.io.save_resolved)
       command.json          the lmms-eval command line and the PERPO_* data variables it ran with
       results.json          lmms-eval's results JSON (results[task]["<metric>,none"], configs, versions, ...)
       samples/<task>.jsonl  one line per document: process_results' keys (metrics, frame, record) + responses
@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from perpo.config import ConfigError, check_numbers, check_spares_inputs, opt, save_resolved
+from perpo.config import ConfigError, check_numbers, check_spares_inputs, opt
 from perpo.distributed import free_port, threads_per_process
-from perpo.io import atomic_dir, write_json
+from perpo.io import atomic_dir, save_resolved, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _local_or_hub(name: str) -> str:
 
 def model_args(cfg: EvalConfig) -> str:
     """lmms-eval's `--model_args` string for the configured wrapper."""
-    from perpo.modeling import resolve_device
+    from perpo.model.modeling import resolve_device
 
     device = resolve_device(cfg.device)
     model = _local_or_hub(cfg.model)
@@ -278,10 +278,10 @@ def eval_plan(cfg: EvalConfig) -> dict | None:
     from PIL import Image
     from transformers import AutoConfig
 
-    from perpo.families import family_of
-    from perpo.memory import check_context, check_fits, device_memory, generation_estimate, prompt_tokens
-    from perpo.modeling import load_processor, resolve_device, resolve_dtype
-    from perpo.prompts import grounding_question
+    from perpo.model.families import family_of
+    from perpo.model.memory import check_context, check_fits, device_memory, generation_estimate, prompt_tokens
+    from perpo.model.modeling import load_processor, resolve_device, resolve_dtype
+    from perpo.model.prompts import grounding_question
 
     if not (Path(cfg.model) / "config.json").is_file():
         return None
@@ -314,7 +314,7 @@ def run_eval(cfg: EvalConfig, echo: TextIO | None = sys.stderr) -> dict:
     Raises:
         RuntimeError: If lmms-eval fails or writes no results file (the message ends with its last output lines).
     """
-    from perpo.modeling import resolve_device
+    from perpo.model.modeling import resolve_device
 
     given = [cfg.model, cfg.adapter, cfg.synth_dir, cfg.refcoco_dir, cfg.fox_dir]
     check_spares_inputs("--output_dir", cfg.output_dir, given)

@@ -6,6 +6,7 @@ Ctrl-C or a bad input never leaves a half-written result where a later step woul
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from perpo.config import ConfigError, jsonable, run_metadata
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -90,7 +93,6 @@ def text_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     Raises:
         ConfigError: the path is a folder, or a line is not UTF-8 (naming the file, the line and the byte).
     """
-    from perpo.config import ConfigError
 
     path = Path(path)
     if path.is_dir():
@@ -114,7 +116,6 @@ def count_lines(path: str | os.PathLike) -> int:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL file; a malformed line or a byte that is not UTF-8 raises ConfigError naming the file and the
     line number."""
-    from perpo.config import ConfigError
 
     rows = []
     for number, line in text_lines(path):
@@ -134,7 +135,6 @@ def utf8_text(path: str | os.PathLike) -> str:
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     """A whole JSON file; an unreadable one raises ConfigError naming it (`what` says what it should be)."""
-    from perpo.config import ConfigError
 
     text = utf8_text(path)
     try:
@@ -153,8 +153,6 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     """
     from PIL import Image, UnidentifiedImageError
 
-    from perpo.config import ConfigError
-
     if Path(path).is_dir():
         raise ConfigError(f"{path} is a folder, not an image file")
     try:
@@ -164,3 +162,10 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         if isinstance(err, FileNotFoundError):
             raise
         raise ConfigError(f"{path}: not an image file that can be read ({err})") from err
+
+
+def save_resolved(out_dir: str | Path, name: str, *configs: Any, extra: dict | None = None) -> Path:
+    """Write the resolved config(s), `extra` and run metadata to `<out_dir>/<name>.json` (atomically)."""
+    payload = {type(c).__name__: dataclasses.asdict(c) for c in configs} | (extra or {})
+    payload["meta"] = run_metadata()
+    return write_json(Path(out_dir) / f"{name}.json", jsonable(payload))

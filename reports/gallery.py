@@ -58,7 +58,7 @@ def resolve_image(row: pd.Series, image_roots: Sequence[str | Path]) -> Path | N
 def _canvas(row: pd.Series, path: Path | None) -> Image.Image:
     from PIL import Image
 
-    from perpo.images import expand2square
+    from perpo.model.images import expand2square
 
     width, height = int(row.get("width") or 64), int(row.get("height") or 64)
     if path is not None:

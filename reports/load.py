@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from perpo.config import ConfigError
-from perpo.losses import METHODS
+from perpo.objectives.losses import METHODS
 from reports.catalog import direction, metric_info
 from reports.result_files import discover, read_jsonl, read_results, run_metadata
 
@@ -65,8 +65,8 @@ META_FIELDS = ("model", "adapter", "method", "seed", "loss", "n", "beta", "gamma
 
 
 def method_label(method: str) -> str:
-    """A method's display name (`perpo.losses.METHODS`: `perpo train --loss` names, `perpo grpo`, iterative PerPO);
-    any other method string is shown as given."""
+    """A method's display name (`perpo.objectives.losses.METHODS`: `perpo train --loss` names, `perpo grpo`, iterative
+    PerPO); any other method string is shown as given."""
     entry = METHODS.get(method)
     return entry.label if entry else method
 

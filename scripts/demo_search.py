@@ -2,16 +2,16 @@
 
     python scripts/demo_search.py --out runs/demo_search [--lrs 3e-5 1e-4] [--betas 0.1 0.5 2.0] [--seed 0] [--quick]
 
-Runs the demo's own stages (`perpo.embedded.demo`: the seed-0 synthetic benchmark, the committed base model, N = 20
+Runs the demo's own stages (`perpo.studies.demo`: the seed-0 synthetic benchmark, the committed base model, N = 20
 samples at T = 0.5, the IoU margin filter), then trains every method once per learning rate with the demo's
 budget (same lists, epochs, batch size, LoRA) and scores greedy AP@50 on the val split in-process
-(`perpo.quickeval`). Every method gets the same number of trials: the preference losses (DPO, LiPO-λ, PerPO) one
+(`perpo.model.quickeval`). Every method gets the same number of trials: the preference losses (DPO, LiPO-λ, PerPO) one
 per (learning rate, β) pair, SFT (which has no β) as many learning rates (`--sft_lrs`), and the online study's
 methods (`--methods perpo_iter grpo`, trained as `perpo demo --study online` trains them) as many: iterative PerPO
 per (learning rate, β), GRPO per (learning rate, KL β in `--kl_betas`). The test split is never looked at. A trial
 whose adapter is already there (`trial.json` beside it) is scored, not trained again, so an interrupted search
 picks up where it stopped. Writes `search.json` and `search.md`, prints the table and each
-method's best setting; the demo's defaults (`perpo.losses.METHODS` settings) are those picks.
+method's best setting; the demo's defaults (`perpo.objectives.losses.METHODS` settings) are those picks.
 
 `--track ocr` searches the OCR track's demo (`perpo demo --track ocr`: seed-1 synthetic pages, the committed
 tiny_llava_ocr, 1 − edit distance, margin 0.04; methods SFT, DPO, PerPO) and scores greedy edit distance (lower is
@@ -28,19 +28,18 @@ import time
 from pathlib import Path
 
 from perpo.console import quiet_console
-from perpo.embedded.demo import (
-    DemoConfig,
-    OCRDemoConfig,
+from perpo.io import read_jsonl, write_json
+from perpo.model.modeling import load_model, load_processor
+from perpo.model.quickeval import evaluate_grounding, evaluate_ocr
+from perpo.studies.demo import DemoConfig, OCRDemoConfig
+from perpo.studies.online_study import train_grpo, train_perpo_iter
+from perpo.studies.stages import (
     build_lists,
     page_records,
     prepare_base,
     sample_lists,
     train_method,
 )
-from perpo.embedded.online_study import train_grpo, train_perpo_iter
-from perpo.io import read_jsonl, write_json
-from perpo.modeling import load_model, load_processor
-from perpo.quickeval import evaluate_grounding, evaluate_ocr
 
 
 def main() -> None:

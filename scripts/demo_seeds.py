@@ -51,10 +51,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from perpo.embedded.demo import row_label
-from perpo.embedded.online_study import ONLINE_METHODS
 from perpo.io import atomic_open, write_json
-from perpo.losses import METHODS
+from perpo.objectives.losses import METHODS
+from perpo.studies.demo import row_label
+from perpo.studies.online_study import ONLINE_METHODS
 from reports.load import RunSpec, load_results, method_colour, method_label
 from reports.stats import bootstrap_gain, seed_resamples
 

@@ -5,16 +5,16 @@
     python scripts/demo_study_n.py runs/demo --split test       # once, at the end of the study
 
 For every N and method, trains from the demo's base model on the demo's kept lists (`<demo>/lists/train.jsonl`)
-with the demo's own training function and settings (`perpo.embedded.demo.train_method`, the DemoConfig saved in
+with the demo's own training function and settings (`perpo.studies.demo.train_method`, the DemoConfig saved in
 `<demo>/demo_config.json`: learning rate and β per method, epochs, batch size, LoRA, seed), changing only N: each
 list is cut to its first N responses (the sampling order, so a random subset of the N = 20 samples, not the best
 ones). The lists are the same for every N, so every cell takes the same number of optimizer steps; they are not
 re-filtered by margin at each N: a list whose first N responses all have the same reward has no ordered pair and
-contributes exactly 0 to the loss of every ranking method (it still counts in the batch mean, see perpo.losses),
-and how many lists still rank something at each N is reported beside the results ("lists ranked").
-An N larger than the demo's lists (e.g. 8 or 20 after a `--quick` demo, whose lists hold 6) is skipped.
+contributes exactly 0 to the loss of every ranking method (it still counts in the batch mean, see
+perpo.objectives.losses), and how many lists still rank something at each N is reported beside the results ("lists
+ranked"). An N larger than the demo's lists (e.g. 8 or 20 after a `--quick` demo, whose lists hold 6) is skipped.
 
-Each trained model, and the base, is scored with greedy AP@50 in-process (`perpo.quickeval`) on the val split
+Each trained model, and the base, is scored with greedy AP@50 in-process (`perpo.model.quickeval`) on the val split
 (`<demo>/data/synth_val.jsonl`). `--split test` scores the test split instead: look at it once, when the study
 is over, not to choose anything.
 
@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from perpo.config import ConfigError
-from perpo.embedded.demo import DemoConfig, train_method
 from perpo.io import atomic_open, read_jsonl, write_json
-from perpo.losses import LOSSES, METHODS
+from perpo.objectives.losses import LOSSES, METHODS
+from perpo.studies.demo import DemoConfig, train_method
 from reports.load import method_label
 
 NS = (2, 4, 8, 20)
@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from perpo.modeling import load_model, load_processor
-    from perpo.quickeval import evaluate_grounding
+    from perpo.model.modeling import load_model, load_processor
+    from perpo.model.quickeval import evaluate_grounding
 
     demo = args.demo
     lists_dir, base, data = demo / "lists", demo / "models" / "base", demo / "data"

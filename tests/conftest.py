@@ -82,7 +82,7 @@ def tiny_model_of(tmp_path_factory, tiny_spec):
 @pytest.fixture(scope="session")
 def base_model_asset() -> Path:
     """The committed warmed-up tiny LLaVA (the demo's base model)."""
-    from perpo.embedded.demo import ASSET
+    from perpo.studies.demo import ASSET
 
     assert (ASSET / "model.safetensors").is_file(), f"missing asset {ASSET}"
     return ASSET

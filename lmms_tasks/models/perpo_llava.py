@@ -13,7 +13,7 @@ What it adds over lmms-eval's `llava_hf`:
   settings are batched together; a best-of-N request takes N rows);
 - honours `temperature` (sampling when > 0, as `llava_hf` does), `top_p`, `max_new_tokens` and `until` (the
   answer is cut at the first stop string); sampling is reproducible per sample: sample i of a document draws
-  from its own random stream seeded by (`seed`, task/split/doc id, i) (`perpo.generation`), so the N samples of a
+  from its own random stream seeded by (`seed`, task/split/doc id, i) (`perpo.model.generation`), so the N samples of a
   best-of-N task are distinct, and identical whatever the batch size or the other documents of the batch;
 - hands each image to the processor as the checkpoint was trained to see it (`Family.prepare_image`: LLaVA-1.5's
   padded square, whatever the processor config says), as `perpo sample` and the trainer do;
@@ -46,9 +46,9 @@ from lmms_eval.api.model import lmms
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from tqdm import tqdm
 
-from perpo.generation import GenerationRequest, generate
 from perpo.io import load_image
-from perpo.logprobs import family
+from perpo.model.families import family_of
+from perpo.model.generation import GenerationRequest, generate
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class _Unit:
 
 
 class PerpoLlava(lmms):
-    """lmms-eval chat model over `perpo.generation.generate` (see the module docstring).
+    """lmms-eval chat model over `perpo.model.generation.generate` (see the module docstring).
 
     Args:
         pretrained: Model folder or hub id of a LLaVA-family checkpoint (its processor is loaded from the same place).
@@ -121,7 +121,7 @@ class PerpoLlava(lmms):
                 "device, dtype, batch_size, max_new_tokens, seed, revision, trust_remote_code, attn_implementation"
             )
         from perpo.distributed import launch_from_env, rank_device
-        from perpo.modeling import load_model, load_processor, resolve_device, resolve_dtype
+        from perpo.model.modeling import load_model, load_processor, resolve_device, resolve_dtype
 
         device = resolve_device(device)
         if launch_from_env().world > 1:  # under accelerate launch: one process per device, lmms-eval shards
@@ -198,7 +198,7 @@ class PerpoLlava(lmms):
                 elif kind == "image":
                     image = item["url"]
                     image = image.convert("RGB") if isinstance(image, Image.Image) else load_image(image)
-                    images.append(family(self.model).prepare_image(image))  # as its checkpoints see it
+                    images.append(family_of(self.model).prepare_image(image))  # as its checkpoints see it
                     items.append({"type": "image"})
                 else:
                     raise ValueError(f"perpo_llava handles image and text content only, got {kind!r}")
@@ -323,7 +323,9 @@ class PerpoLlava(lmms):
             prompt_len = inputs["input_ids"].shape[1]
             inputs["input_ids"] = torch.cat([inputs["input_ids"], target], dim=1)
             inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-            inputs |= family(self.model).text_inputs(self.model.config, inputs["input_ids"])  # e.g. Qwen's token types
+            inputs |= family_of(self.model).text_inputs(
+                self.model.config, inputs["input_ids"]
+            )  # e.g. Qwen's token types
             logits = self.model(**inputs).logits[0, prompt_len - 1 : -1].float()  # the positions predicting target
             logps = torch.log_softmax(logits, dim=-1).gather(-1, target[0, :, None]).squeeze(-1)
             results.append((float(logps.sum()), bool((logits.argmax(-1) == target[0]).all())))

@@ -2,8 +2,8 @@
 
 Steps (the paper's data recipe):
     1. read the samples (`perpo sample` output; schema in `perpo.data.schema`), one task per file;
-    2. score every response with the task's discriminative reward (`perpo.rewards`): IoU of the parsed box with
-       the exact target in the record's frame (grounding), 1 - normalised edit distance (OCR), or a user reward
+    2. score every response with the task's discriminative reward (`perpo.objectives.rewards`): IoU of the parsed box
+       with the exact target in the record's frame (grounding), 1 - normalised edit distance (OCR), or a user reward
        named by dotted path; responses keep their sampling order and get their rewards beside them;
     3. keep a list when its data margin max(r) - min(r) reaches m (`passes_margin`; m = 0.8 grounding, 0.04 OCR
        by default);
@@ -40,7 +40,7 @@ from typing import Any, Literal
 from perpo.config import ConfigError, check_numbers, check_spares_inputs, opt
 from perpo.data.schema import RecordError, dump_record, load_records, rebase_image, resolve_image
 from perpo.data.sources import equal_share_sample
-from perpo.rewards import DEFAULT_MARGINS, TASK_REWARDS, get_reward, list_margin, passes_margin
+from perpo.objectives.rewards import DEFAULT_MARGINS, TASK_REWARDS, get_reward, list_margin, passes_margin
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class BuildDataConfig:
 def is_parse_failure(task: str, response: str) -> bool:
     """A grounding response with no readable box, or an empty OCR response."""
     if task == "grounding":
-        from perpo.boxes import parse_box
+        from perpo.objectives.boxes import parse_box
 
         return parse_box(response, fmt="norm") is None
     return not response.strip()
@@ -309,8 +309,7 @@ def run_build_data(cfg: BuildDataConfig) -> dict[str, Any]:
         ConfigError: an unknown reward, or a user reward without `--margin`.
         FileNotFoundError: the samples file, or the image of a kept list, is missing.
     """
-    from perpo.config import save_resolved
-    from perpo.io import atomic_open, write_json
+    from perpo.io import atomic_open, save_resolved, write_json
 
     source = Path(cfg.samples)
     for name in OUTPUTS:  # written into --out beside whatever it holds, each replacing its own name only

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 import torch
 
-from perpo.families.base import Family
 from perpo.io import load_image
+from perpo.model.families.base import Family
+from perpo.model.logprobs import ListBatch, pad_right
 
 IGNORE_INDEX = -100
 
@@ -44,15 +45,6 @@ def encode_responses(tokenizer, responses: Sequence[str]) -> list[list[int]]:
     return [list(row) + [tokenizer.eos_token_id] for row in ids]
 
 
-def pad_right(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
-    """[len(rows), max row length] long tensor: each row left-aligned, the rest `value`."""
-    width = max(len(row) for row in rows)
-    out = torch.full((len(rows), width), value, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-    return out
-
-
 def sft_batch(
     processor, prompts: Sequence[str], images: Sequence[object | None], answers: Sequence[str], family: Family
 ) -> dict:
@@ -77,19 +69,19 @@ def sft_batch(
 
 
 class ListCollator:
-    """Listwise records → a `ListBatch` of token ids plus rewards and mask, for `perpo.logprobs`.
+    """Listwise records → a `ListBatch` of token ids plus rewards and mask, for `perpo.model.logprobs`.
 
     Args:
         processor: the model's processor (its chat template formats the prompt).
         image_root: folder that relative `image` paths are resolved against.
         n: responses per list used for training (the first `n` of each record's responses).
         on_answers: the batch holds each list's ground-truth answer as its only response, reward 0, instead of its
-            N responses (losses in `perpo.losses.Method.on_answers`: SFT).
+            N responses (losses in `perpo.objectives.losses.Method.on_answers`: SFT).
         ref_logps: optional precomputed reference log-probs, id → N floats.
         cache: encode each list once and keep it (prompt ids, image tensor, response ids) for later epochs.
         cache_bytes: stop adding lists to the cache once their image tensors take this much memory.
         family: the model's family: how an image is prepared for the processor and which of the processor's
-            outputs carry it (`perpo.families.Family`).
+            outputs carry it (`perpo.model.families.Family`).
     """
 
     def __init__(
@@ -118,7 +110,7 @@ class ListCollator:
     def encode(self, records: Sequence[dict]) -> tuple[list[list[int]], dict, list[bool], list[list[list[int]]]]:
         """Prompt ids, image inputs, image flags and response ids of `records`, as the processor makes them."""
         from perpo.data.schema import resolve_image
-        from perpo.prompts import chat_prompt
+        from perpo.model.prompts import chat_prompt
 
         images = [None if not r["image"] else load_image(resolve_image(r, self.image_root)) for r in records]
         prompts = [
@@ -177,7 +169,6 @@ class ListCollator:
         )
 
     def __call__(self, records: Sequence[dict]) -> dict:
-        from perpo.logprobs import ListBatch
 
         encode = self.encode_cached if self.cache else self.encode
         prompt_ids, extra, has_image, responses = encode(records)

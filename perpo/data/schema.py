@@ -27,7 +27,7 @@ Fields:
 
 Validation names the file, line and field at fault, so a broken line is found without a debugger.
 
-Conventions of the writers (`perpo.data.sources`, `perpo.sampling`, `perpo.data.build`):
+Conventions of the writers (`perpo.data.sources`, `perpo.sampling.sample`, `perpo.data.build`):
     - one record per line, written by `dump_record` (keys sorted, UTF-8 kept), so equal data gives equal bytes;
     - `image` is relative to the folder of the JSONL that holds it when the image lies under that folder, else
       absolute (`portable_image_path`); a file written elsewhere rebases its paths (`rebase_image`);
@@ -46,8 +46,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from perpo.boxes import FRAMES
 from perpo.config import ConfigError
+from perpo.objectives.boxes import FRAMES
 
 TASKS = ("grounding", "ocr")
 STAGES = ("instructions", "samples", "train")

@@ -41,12 +41,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from perpo.boxes import FRAMES, Box, denormalize_box, gt_box_in_frame, parse_box
 from perpo.config import ConfigError
 from perpo.data.schema import RecordError, portable_image_path, validate_record
-from perpo.families import LLAVA, Family
-from perpo.prompts import GROUNDING_QUESTION, fox_question, grounding_question
-from perpo.rewards import iou_reward
+from perpo.model.families import LLAVA, Family
+from perpo.model.prompts import GROUNDING_QUESTION, fox_question, grounding_question
+from perpo.objectives.boxes import FRAMES, Box, denormalize_box, gt_box_in_frame, parse_box
+from perpo.objectives.rewards import iou_reward
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def _read_json_list(path: Path, what: str) -> list:
 def fox_instructions(json_path: str | Path, image_dir: str | Path) -> list[dict]:
     """Instruction records of a Fox-style page-OCR set.
 
-    The prompt is the human turn with its `<image>` placeholder removed (`perpo.prompts.fox_question`, the very
+    The prompt is the human turn with its `<image>` placeholder removed (`perpo.model.prompts.fox_question`, the very
     question the perpo_fox tasks ask); an empty prompt becomes `OCR_QUESTION`. Ids are
     `fox_<json stem>_<image stem>`.
 

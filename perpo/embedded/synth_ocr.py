@@ -23,7 +23,7 @@ from pathlib import Path
 
 from perpo.embedded.synth import SPLITS
 from perpo.io import atomic_dir, write_json
-from perpo.prompts import OCR_QUESTION
+from perpo.model.prompts import OCR_QUESTION
 
 logger = logging.getLogger(__name__)
 

@@ -192,7 +192,7 @@ def public_image_processor(model_type: str, side: int):
 def build_processor(spec: TinySpec = TinySpec()):
     """`LlavaProcessor` with llava-1.5-7b-hf's image processor (a `CLIPImageProcessor` that centre-crops, scaled to
     the tiny side) + the tokenizer. The model's family pads the image to LLaVA-1.5's square before it
-    (`perpo.families.Family.prepare_image`), as LLaVA-1.5 was trained."""
+    (`perpo.model.families.Family.prepare_image`), as LLaVA-1.5 was trained."""
     from transformers import LlavaProcessor
 
     return LlavaProcessor(

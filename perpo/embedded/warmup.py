@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
-from perpo.boxes import FRAMES, format_box, gt_box_in_frame
 from perpo.config import ConfigError, check_numbers, opt
 from perpo.data.collate import sft_batch
-from perpo.families import LLAVA
 from perpo.io import atomic_dir, load_image, read_jsonl, write_json
-from perpo.prompts import chat_prompt
-from perpo.quickeval import evaluate_grounding, evaluate_ocr, row_question
+from perpo.model.families import LLAVA
+from perpo.model.prompts import chat_prompt
+from perpo.model.quickeval import evaluate_grounding, evaluate_ocr, row_question
+from perpo.objectives.boxes import FRAMES, format_box, gt_box_in_frame
 
 logger = logging.getLogger(__name__)
 TASKS = ("grounding", "ocr")

@@ -30,10 +30,10 @@ def teach_answers(model_dir: Path, docs: list[dict], out: Path, *, max_steps: in
     import torch
 
     from lmms_tasks import grounding
-    from perpo.boxes import denormalize_box
-    from perpo.families import QWEN2_5_VL
-    from perpo.modeling import load_model, load_processor
-    from perpo.prompts import chat_prompt
+    from perpo.model.families import QWEN2_5_VL
+    from perpo.model.modeling import load_model, load_processor
+    from perpo.model.prompts import chat_prompt
+    from perpo.objectives.boxes import denormalize_box
 
     model = load_model(model_dir, dtype="float32", device="cpu")
     processor = load_processor(model_dir)

@@ -60,9 +60,9 @@ def test_llava15_7b_lora_r128_trains_in_bf16():
     from transformers import LlavaForConditionalGeneration
 
     from perpo.embedded.tiny import TinySpec, build_config, build_processor
-    from perpo.logprobs import ListBatch, sequence_logps
-    from perpo.losses import LOSSES
-    from perpo.modeling import apply_lora, disable_dropout
+    from perpo.model.logprobs import ListBatch, sequence_logps
+    from perpo.model.modeling import apply_lora, disable_dropout
+    from perpo.objectives.losses import LOSSES
 
     n, length, device = 20, 20, "cuda"
     spec = TinySpec(**LLAVA15_7B)

@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 from train_helpers import write_lists
 from transformers import TrainerCallback, TrainingArguments
 
-from perpo.boxes import format_box
 from perpo.cli import main
 from perpo.io import read_jsonl
-from perpo.trainer import PerPOArguments, run_train
+from perpo.objectives.boxes import format_box
+from perpo.training.trainer import PerPOArguments, run_train
 
 pytestmark = pytest.mark.slow
 HELDOUT, LISTS = 6, 2
@@ -58,8 +58,8 @@ def _train(base, data, val, out, monkeypatch, **training) -> list[dict]:
 def test_heldout_ap50_is_logged_written_and_agrees_with_evaluate_grounding(
     base_model_asset, synth_data, lists, tmp_path, monkeypatch
 ):
-    from perpo.modeling import load_model, load_processor
-    from perpo.quickeval import evaluate_grounding
+    from perpo.model.modeling import load_model, load_processor
+    from perpo.model.quickeval import evaluate_grounding
 
     val = synth_data / "synth_val.jsonl"
     every = tmp_path / "every_step"
@@ -93,7 +93,7 @@ def test_heldout_ap50_is_logged_written_and_agrees_with_evaluate_grounding(
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    # The same numbers from perpo.quickeval on the saved adapter: held-out rows as they are, and the training
+    # The same numbers from perpo.model.quickeval on the saved adapter: held-out rows as they are, and the training
     # lists' instructions as flat rows of the synthetic split they were made from.
     model = load_model(base_model_asset, dtype="float32", adapter=every)
     processor = load_processor(base_model_asset)

@@ -15,12 +15,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from perpo.boxes import to_padded_frame
 from perpo.data.collate import ListCollator
 from perpo.data.schema import dump_record
-from perpo.families import LLAVA
-from perpo.modeling import load_model, load_processor
-from perpo.prompts import grounding_question
+from perpo.model.families import LLAVA
+from perpo.model.modeling import load_model, load_processor
+from perpo.model.prompts import grounding_question
+from perpo.objectives.boxes import to_padded_frame
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +114,7 @@ def test_the_target_box_frames_the_object_in_the_image_the_model_sees(photos):
 
 
 def test_sampling_on_a_photo_equals_sampling_on_it_padded_by_hand(standin, photos, tmp_path):
-    from perpo.sampling import SampleConfig, run_sample
+    from perpo.sampling.sample import SampleConfig, run_sample
 
     model_dir, processor, _ = standin
     outputs = {}
@@ -147,10 +147,10 @@ def test_training_collator_heldout_vllm_grpo_and_the_task_see_the_padded_photo(s
 
     from lmms_tasks.grounding import doc_to_visual
     from lmms_tasks.models.perpo_llava import PerpoLlava
-    from perpo.grpo import prompt_dataset
-    from perpo.quickeval import evaluate_grounding
-    from perpo.sampling import SampleRequest
-    from perpo.vllm_backend import VLLMBackend
+    from perpo.model.quickeval import evaluate_grounding
+    from perpo.sampling.sample import SampleRequest
+    from perpo.sampling.vllm_backend import VLLMBackend
+    from perpo.training.grpo import prompt_dataset
 
     model_dir, processor, model = standin
     names = list(photos)

@@ -195,7 +195,7 @@ def test_lmms_eval_own_qwen2_5_vl_reads_qwen_pixel_boxes_in_their_frame(tiny_mod
     """lmms-eval's `qwen2_5_vl` (bf16, qwen-vl-utils resizing, its own chat messages) on a tiny Qwen2.5-VL that
     answers the fixture exactly: AP@50 is 1 on landscape, portrait and square images, and the same answers read
     as pixels of the original image instead of the resized one would miss."""
-    from perpo.boxes import box_iou, parse_box
+    from perpo.objectives.boxes import box_iou, parse_box
 
     splits = [("refcoco", "val"), ("refcocog", "test")]
     docs = qwen_task_docs(Path(env["PERPO_REFCOCO_DIR"]), splits)

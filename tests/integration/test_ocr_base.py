@@ -10,18 +10,18 @@ import torch
 
 from perpo.data.sources import fox_instructions
 from perpo.embedded.synth_ocr import OCRSpec, build_synth_ocr
-from perpo.modeling import load_model, load_processor
-from perpo.quickeval import evaluate_ocr
+from perpo.model.modeling import load_model, load_processor
+from perpo.model.quickeval import evaluate_ocr
 
 pytestmark = pytest.mark.slow
 ASSET = Path(__file__).parents[2] / "perpo" / "assets" / "tiny_llava_ocr"
 
 
 def test_the_ocr_base_reads_unseen_pages_moderately_and_sampling_spreads(tmp_path):
-    from perpo.generation import GenerationRequest, generate
     from perpo.io import load_image
-    from perpo.metrics.ocr import normalized_edit_distance
-    from perpo.prompts import chat_prompt
+    from perpo.model.generation import GenerationRequest, generate
+    from perpo.model.prompts import chat_prompt
+    from perpo.objectives.metrics.ocr import normalized_edit_distance
 
     torch.set_num_threads(1)
     pages = build_synth_ocr(tmp_path / "pages", seed=5, spec=OCRSpec(counts={"val": 24}), progress=False)

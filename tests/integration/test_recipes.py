@@ -133,7 +133,7 @@ def test_the_7b_configs_print_their_memory_and_a_batch_that_cannot_fit_is_refuse
     16 x 20 rows refused before any weight loads."""
     from PIL import Image
 
-    import perpo.memory
+    import perpo.model.memory
 
     photo = tmp_path / "photo.jpg"
     Image.new("RGB", (640, 480), (90, 120, 30)).save(photo)
@@ -144,7 +144,7 @@ def test_the_7b_configs_print_their_memory_and_a_batch_that_cannot_fit_is_refuse
     instructions.write_text(json.dumps(record) + "\n")
     llava = recipe_data.write_config_only_7b(tmp_path / "llava-1.5-7b", "llava", base_model_asset)
     qwen = recipe_data.write_config_only_7b(tmp_path / "qwen2.5-vl-7b", "qwen2_5_vl", tiny_model_of("qwen2_5_vl"))
-    monkeypatch.setattr(perpo.memory, "device_memory", lambda device: 80 * perpo.memory.GIB)
+    monkeypatch.setattr(perpo.model.memory, "device_memory", lambda device: 80 * perpo.model.memory.GIB)
     monkeypatch.chdir(ROOT)
     scale = (ROOT / "docs" / "scale.md").read_text(encoding="utf-8")
 
@@ -172,8 +172,8 @@ def llava_next_standin(out: Path) -> Path:
     context: a NeXT checkpoint that can read the fixture's pages."""
     from transformers import LlavaForConditionalGeneration
 
-    from perpo.embedded.demo import OCR_ASSET
     from perpo.embedded.tiny import TinySpec, build_family
+    from perpo.studies.demo import OCR_ASSET
 
     spec = TinySpec(**(json.loads((OCR_ASSET / "perpo_tiny.json").read_text()) | {"max_positions": 4096}))
     model, processor = build_family("llava_next", spec)

@@ -17,7 +17,7 @@ from perpo.config import ConfigError
 from perpo.data.schema import dump_record, load_records
 from perpo.data.sources import synth_instructions, write_records
 from perpo.distributed import Launch
-from perpo.sampling import (
+from perpo.sampling.sample import (
     HFBackend,
     SampleConfig,
     find_parts,

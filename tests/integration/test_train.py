@@ -16,12 +16,12 @@ from safetensors.torch import load_file
 from train_helpers import write_lists
 from transformers import TrainerCallback, TrainingArguments
 
-from perpo.boxes import format_box
 from perpo.cli import main
 from perpo.embedded.tiny import FAMILIES as TINY_FAMILIES
 from perpo.io import read_jsonl, write_jsonl
-from perpo.losses import LOSSES
-from perpo.trainer import PerPOArguments, run_train
+from perpo.objectives.boxes import format_box
+from perpo.objectives.losses import LOSSES
+from perpo.training.trainer import PerPOArguments, run_train
 
 pytestmark = pytest.mark.slow
 N = 4
@@ -67,8 +67,8 @@ def test_each_loss_trains_through_the_trainer(loss, tiny_llava, listwise_data, t
 
 
 def test_lora_moves_base_stays_and_reference_is_fixed(tiny_llava, listwise_data, tmp_path, monkeypatch):
-    from perpo.modeling import load_model
-    from perpo.trainer import PerPOTrainer
+    from perpo.model.modeling import load_model
+    from perpo.training.trainer import PerPOTrainer
 
     refs = []
     original = PerPOTrainer.reference_logps
@@ -153,7 +153,7 @@ def test_killed_after_a_checkpoint_and_rerun_resumes_to_the_same_adapter(tiny_ll
 
 
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_llava, listwise_data, tmp_path):
-    from perpo.trainer import TrainingDiverged
+    from perpo.training.trainer import TrainingDiverged
 
     out = tmp_path / "diverged"
     with pytest.raises(TrainingDiverged, match=r"training stopped at step \d: .* is (nan|inf)") as caught:
@@ -285,7 +285,7 @@ def test_deepspeed_zero3_and_export_through_the_cli(family, tiny_model_of, listw
 
     For LLaVA also with two processes under torchrun (half the per-device batch, the same global batch of 2): the
     same losses and gradient norms, and the same adapter to fp32 tolerance."""
-    from perpo.modeling import model_class
+    from perpo.model.modeling import model_class
 
     tiny_model = tiny_model_of(family)
     out, merged = tmp_path / "zero3", tmp_path / "merged"

@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 from train_helpers import write_lists
 from transformers import TrainerCallback, TrainingArguments
 
-from perpo.boxes import format_box
-from perpo.rewards import iou_reward
-from perpo.trainer import PerPOArguments, PerPOTrainer, run_train
+from perpo.objectives.boxes import format_box
+from perpo.objectives.rewards import iou_reward
+from perpo.training.trainer import PerPOArguments, PerPOTrainer, run_train
 
 pytestmark = pytest.mark.slow
 N = 6

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from perpo.boxes import format_box, gt_box_in_frame
 from perpo.io import read_jsonl, write_jsonl
-from perpo.prompts import grounding_question
+from perpo.model.prompts import grounding_question
+from perpo.objectives.boxes import format_box, gt_box_in_frame
 
 
 def write_lists(

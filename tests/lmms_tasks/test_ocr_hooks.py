@@ -73,7 +73,7 @@ def test_a_degenerate_or_non_text_output_is_scored_quickly_and_counted(fox_dir, 
     reference, 8,192) characters, flagged. A non-string answer scores as empty text instead of raising."""
     import time
 
-    from perpo.metrics.ocr import ocr_metrics
+    from perpo.objectives.metrics.ocr import ocr_metrics
 
     monkeypatch.setenv("PERPO_FOX_DIR", str(fox_dir))
     doc = list(load_fox_docs("cn"))[0]

@@ -7,10 +7,10 @@ import torch
 
 from perpo.data.collate import encode_prompts
 from perpo.embedded.tiny import build_family
-from perpo.families import family_of
-from perpo.logprobs import ListBatch
-from perpo.losses import perpo_loss
-from perpo.prompts import chat_prompt
+from perpo.model.families import family_of
+from perpo.model.logprobs import ListBatch
+from perpo.model.prompts import chat_prompt
+from perpo.objectives.losses import perpo_loss
 
 
 def family_batch(family: str, spec, responses: list[list[str]]):

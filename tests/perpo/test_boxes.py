@@ -1,4 +1,4 @@
-"""Tests for `perpo.boxes`: parsing model answers, frames (original / LLaVA-1.5 padded square) and IoU."""
+"""Tests for `perpo.objectives.boxes`: parsing model answers, frames (original / LLaVA-1.5 padded square) and IoU."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perpo.boxes import (
+from perpo.objectives.boxes import (
     FRAMES,
     box_iou,
     convert_frame,

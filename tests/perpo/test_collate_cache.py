@@ -7,11 +7,11 @@ import random
 import pytest
 import torch
 
-from perpo.boxes import format_box, gt_box_in_frame
 from perpo.data.collate import ListCollator
-from perpo.families import LLAVA
 from perpo.io import read_jsonl
-from perpo.prompts import grounding_question
+from perpo.model.families import LLAVA
+from perpo.model.prompts import grounding_question
+from perpo.objectives.boxes import format_box, gt_box_in_frame
 
 N = 3
 
@@ -56,7 +56,7 @@ def _epochs(records, plain, cached, epochs=3):
 
 @pytest.mark.parametrize("on_answers", [False, True])
 def test_cached_batches_equal_fresh_ones_every_epoch(on_answers, tiny_llava, synth_data):
-    from perpo.modeling import load_processor
+    from perpo.model.modeling import load_processor
 
     processor = load_processor(tiny_llava)
     records = _records(synth_data)
@@ -69,7 +69,7 @@ def test_cached_batches_equal_fresh_ones_every_epoch(on_answers, tiny_llava, syn
 def test_on_answers_the_batch_is_each_lists_answer_alone_with_reward_0(tiny_llava, synth_data):
     """What the SFT loss trains on, decided by the collator alone: [prompt][answer EOS], N = 1, reward 0."""
     from perpo.data.collate import encode_responses
-    from perpo.modeling import load_processor
+    from perpo.model.modeling import load_processor
 
     processor = load_processor(tiny_llava)
     records = _records(synth_data)[:3]
@@ -82,7 +82,7 @@ def test_on_answers_the_batch_is_each_lists_answer_alone_with_reward_0(tiny_llav
 
 
 def test_cache_stops_growing_at_its_memory_limit(tiny_llava, synth_data):
-    from perpo.modeling import load_processor
+    from perpo.model.modeling import load_processor
 
     processor = load_processor(tiny_llava)
     records = _records(synth_data)

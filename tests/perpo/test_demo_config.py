@@ -7,7 +7,7 @@ import os
 import pytest
 
 from perpo.config import ConfigError
-from perpo.embedded.demo import DemoConfig, Stages, resolve_threads
+from perpo.studies.demo import DemoConfig, Stages, resolve_threads
 
 
 def test_each_method_gets_its_own_learning_rate_and_beta():
@@ -17,7 +17,7 @@ def test_each_method_gets_its_own_learning_rate_and_beta():
 
 
 def test_the_tracks_defaults_come_from_the_method_registry():
-    from perpo.embedded.demo import OCRDemoConfig
+    from perpo.studies.demo import OCRDemoConfig
 
     ocr = OCRDemoConfig()
     assert ocr.methods == ["sft", "dpo", "perpo"] and DemoConfig().methods == ["sft", "dpo", "lipo", "perpo"]

@@ -1,4 +1,4 @@
-"""`perpo.families`: each family's facts hold on its tiny model built from config (CPU, random weights)."""
+"""`perpo.model.families`: each family's facts hold on its tiny model built from config (CPU, random weights)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from perpo.config import ConfigError
 from perpo.data.collate import encode_prompts
 from perpo.embedded.tiny import FAMILIES as TINY_FAMILIES
 from perpo.embedded.tiny import build_family
-from perpo.families import FAMILIES, family_for_type, family_of
-from perpo.modeling import apply_lora
-from perpo.prompts import chat_prompt
+from perpo.model.families import FAMILIES, family_for_type, family_of
+from perpo.model.modeling import apply_lora
+from perpo.model.prompts import chat_prompt
 
 
 def test_every_registered_family_has_a_tiny_model_built_from_config():
@@ -91,7 +91,7 @@ def test_answer_pixels_is_the_size_of_the_image_the_processor_makes(built, size)
 
 
 def test_each_family_writes_boxes_its_parser_reads_back(built):
-    from perpo.boxes import parse_box
+    from perpo.objectives.boxes import parse_box
 
     name, _, processor = built
     family = FAMILIES[name]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from perpo.logprobs import ListBatch, ReferenceMemo
+from perpo.model.logprobs import ListBatch, ReferenceMemo
 
 
 def _batch(pixels: torch.Tensor, responses=None) -> ListBatch:
@@ -41,7 +41,7 @@ def test_reference_memo_serves_known_lists_only():
 
 def _lora_model(seed: int = 0):
     from perpo.embedded.tiny import TinySpec, build_model
-    from perpo.modeling import apply_lora, disable_dropout
+    from perpo.model.modeling import apply_lora, disable_dropout
 
     spec = TinySpec(
         image_size=16, patch_size=4, vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32, text_layers=2,
@@ -60,7 +60,7 @@ def _lora_model(seed: int = 0):
 
 
 def test_fused_lora_gives_the_same_outputs_gradients_and_merge():
-    from perpo.modeling import fuse_lora
+    from perpo.model.modeling import fuse_lora
 
     plain, fused = _lora_model(), _lora_model()
     assert fuse_lora(fused) == 14  # 7 linear layers x 2 layers
@@ -92,8 +92,8 @@ def test_fused_lora_leaves_other_variants_alone():
     from peft import LoraConfig, get_peft_model
 
     from perpo.embedded.tiny import TinySpec, build_model
-    from perpo.families import LLAVA
-    from perpo.modeling import fuse_lora
+    from perpo.model.families import LLAVA
+    from perpo.model.modeling import fuse_lora
 
     model = build_model(TinySpec(image_size=16, patch_size=4, text_hidden=32, text_layers=1, text_heads=2))
     config = LoraConfig(r=4, lora_alpha=8, target_modules=LLAVA.lora_target_regex(["q_proj"]), use_dora=True)

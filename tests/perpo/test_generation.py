@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from perpo.embedded.tiny import FAMILIES, build_family
-from perpo.generation import GenerationRequest, GumbelSampler, _top_p_filter, generate, row_seed
-from perpo.modeling import load_model, load_processor
-from perpo.prompts import chat_prompt
+from perpo.model.generation import GenerationRequest, GumbelSampler, _top_p_filter, generate, row_seed
+from perpo.model.modeling import load_model, load_processor
+from perpo.model.prompts import chat_prompt
 
 
 def test_row_seeds_are_stable_and_distinct():
@@ -68,7 +68,7 @@ def test_prompt_cache_shared_by_n_samples_gives_what_one_sample_alone_gives(base
     different lengths, so rows are left-padded by different amounts and a text-only row joins the batch.
     """
     from perpo.io import load_image, read_jsonl
-    from perpo.prompts import grounding_question
+    from perpo.model.prompts import grounding_question
 
     model, processor = load_model(base_model_asset, dtype="float32"), load_processor(base_model_asset)
     rows = sorted(read_jsonl(synth_data / "synth_val.jsonl"), key=lambda r: len(r["expression"]))
@@ -142,8 +142,8 @@ def test_a_qwen_image_is_encoded_once_for_its_n_samples(family, tiny_spec, monke
     images, prompts = [r.image for r in requests], [r.prompt for r in requests]
     inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True)
     assert seen == [inputs["pixel_values"].shape[0]]  # one copy of each image's patches, not four
-    from perpo.families.base import Family
-    from perpo.families.qwen2_5_vl import QwenVLFamily
+    from perpo.model.families.base import Family
+    from perpo.model.families.qwen2_5_vl import QwenVLFamily
 
     monkeypatch.setattr(QwenVLFamily, "images_encoded_once", Family.images_encoded_once)  # every copy encoded
     assert generate(model, processor, requests, **kwargs) == samples

@@ -1,4 +1,4 @@
-"""Tests for `perpo.metrics.grounding`: per-sample AP@50 / IoU / parse failure / ACC@t / centre accuracy."""
+"""Tests for `perpo.objectives.metrics.grounding`: per-sample AP@50 / IoU / parse failure / ACC@t / centre accuracy."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perpo.boxes import gt_box_in_frame
-from perpo.metrics.grounding import GROUNDING_METRIC_KEYS, IOU_THRESHOLDS, box_metrics, grounding_metrics
+from perpo.objectives.boxes import gt_box_in_frame
+from perpo.objectives.metrics.grounding import GROUNDING_METRIC_KEYS, IOU_THRESHOLDS, box_metrics, grounding_metrics
 
 MALFORMED = Path(__file__).resolve().parents[1] / "fixtures" / "malformed_box_outputs.json"
 GT = (0.0, 0.0, 0.5, 0.5)

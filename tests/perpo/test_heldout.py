@@ -1,4 +1,4 @@
-"""perpo.heldout without a model: reading and validating held-out rows, and when `perpo train` evaluates at all."""
+"""perpo.training.heldout without a model: reading and validating held-out rows, and when perpo train evaluates."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from perpo.config import ConfigError
-from perpo.heldout import HeldoutEvaluator, load_eval_rows, training_frame
-from perpo.quickeval import row_question, row_target
+from perpo.model.quickeval import row_question, row_target
+from perpo.training.heldout import HeldoutEvaluator, load_eval_rows, training_frame
 
 FLAT = {
     "id": 7,
@@ -63,8 +63,8 @@ def test_flat_rows_and_listwise_records_mix_and_resolve_images(folder):
 
 def test_flat_rows_are_asked_and_scored_the_way_a_qwen_model_answers(folder, tiny_model_of):
     """A Qwen2.5-VL model gets its own question, and the flat row's box in pixels of its resized image."""
-    from perpo.families import QWEN2_5_VL
-    from perpo.modeling import load_processor
+    from perpo.model.families import QWEN2_5_VL
+    from perpo.model.modeling import load_processor
 
     flat = load_eval_rows(_write(folder / "val.jsonl", FLAT))[0]
     processor = load_processor(tiny_model_of("qwen2_5_vl"))

@@ -7,7 +7,7 @@ import torch
 from layout_helpers import family_batch, loss_and_grads
 
 from perpo.embedded.tiny import FAMILIES
-from perpo.logprobs import ListBatch, naive_logps, shared_logps, shared_mask, shared_rows
+from perpo.model.logprobs import ListBatch, naive_logps, shared_logps, shared_mask, shared_rows
 
 
 def test_layout_positions_targets_and_mask_by_hand():
@@ -83,7 +83,7 @@ def test_flex_block_mask_attends_exactly_like_the_dense_mask():
 
     from torch.nn.attention.flex_attention import flex_attention
 
-    from perpo.logprobs import shared_block_mask
+    from perpo.model.logprobs import shared_block_mask
 
     batch = ListBatch([[1, 2, 3], [4, 5]], [[[6, 7], [8, 9, 10], [11]], [[12], [13, 14]]], {}, [False, False])
     rows = shared_rows(batch, pad_id=0, pack=2)

@@ -1,4 +1,4 @@
-"""Tests for perpo.losses: loop references, properties, golden values and peer cross-checks.
+"""Tests for perpo.objectives.losses: loop references, properties, golden values and peer cross-checks.
 
 The vectorised losses are compared with deliberately naive per-list Python loops (float64, explicit
 pair enumeration), with a literal transcription of the released PerPO formula, and with TRL's own
@@ -18,7 +18,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from perpo.losses import (
+from perpo.objectives.losses import (
     LOSSES,
     METHODS,
     dpo_loss,
@@ -100,7 +100,7 @@ def _ref_dpo(s: list[float], r: list[float], beta: float) -> float:
 def _released_perpo(s: list[float], r: list[float], beta: float, gamma: float) -> float:
     """Own literal transcription of the released `perpo_loss`, one list.
 
-    Source: ningerhhh/PerPO, perpo/trainer/base_perpo_trainer.py `perpo_loss`.
+    Source: ningerhhh/PerPO, perpo/training/trainer/base_perpo_trainer.py `perpo_loss`.
 
     Assumes the list is sorted best-first: every i < j is treated as "i preferred", the normaliser runs
     over all index pairs, and the pair loss is written log(1 + exp(−β(s_i − s_j))) as released.

@@ -1,4 +1,4 @@
-"""`perpo.memory`: the KV-cache formula on the public 7B configs, and the refusals it drives."""
+"""`perpo.model.memory`: the KV-cache formula on the public 7B configs, and the refusals it drives."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from transformers import LlamaConfig, Qwen2Config
 
 from perpo.config import ConfigError
-from perpo.memory import GIB, MemoryEstimate, check_context, check_fits, kv_bytes_per_token
+from perpo.model.memory import GIB, MemoryEstimate, check_context, check_fits, kv_bytes_per_token
 
 VICUNA_7B = LlamaConfig(num_hidden_layers=32, num_attention_heads=32, hidden_size=4096, max_position_embeddings=4096)
 QWEN2_5_7B = Qwen2Config(num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, hidden_size=3584)

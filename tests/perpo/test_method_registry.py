@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from perpo.cli import main
-from perpo.losses import METHODS, Method, get_loss, sft_loss
+from perpo.objectives.losses import METHODS, Method, get_loss, sft_loss
 
 
 def toy_loss(policy_logps, ref_logps, rewards, mask, *, lengths=None, beta=0.1, gamma=0.5):
@@ -20,8 +20,8 @@ def toy(monkeypatch):
 
 
 def test_a_loss_registered_once_reaches_the_trainer_the_demo_the_reports_and_the_help(toy, capsys):
-    from perpo.embedded.demo import DemoConfig, OCRDemoConfig, row_label
-    from perpo.trainer import PerPOArguments
+    from perpo.studies.demo import DemoConfig, OCRDemoConfig, row_label
+    from perpo.training.trainer import PerPOArguments
     from reports.load import method_colour, method_label, method_rank
 
     assert get_loss("toy") is toy_loss
@@ -38,8 +38,8 @@ def test_a_loss_registered_once_reaches_the_trainer_the_demo_the_reports_and_the
 
 
 def test_an_unregistered_method_is_refused_by_name():
-    from perpo.embedded.demo import DemoConfig
-    from perpo.trainer import PerPOArguments
+    from perpo.studies.demo import DemoConfig
+    from perpo.training.trainer import PerPOArguments
 
     with pytest.raises(ValueError, match="unknown loss 'toy'; valid choices: dpo, lipo, listwise, perpo, sft"):
         get_loss("toy")

@@ -1,4 +1,4 @@
-"""Tests for `perpo.metrics.ocr`: the Fox page-OCR metrics, exact to the official script.
+"""Tests for `perpo.objectives.metrics.ocr`: the Fox page-OCR metrics, exact to the official script.
 
 Three kinds of expected values:
 1. Small cases derived by hand in the docstrings from the official definitions.
@@ -30,8 +30,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perpo.metrics import ocr
-from perpo.metrics.ocr import (
+from perpo.objectives.metrics import ocr
+from perpo.objectives.metrics.ocr import (
     OCR_METRIC_KEYS,
     load_wordnet,
     meteor,

@@ -183,8 +183,8 @@ def test_a_grpo_run_whose_loss_or_weights_went_non_finite_is_not_finished():
 
     import torch
 
-    from perpo.grpo import check_finite_run
-    from perpo.trainer import TrainingDiverged
+    from perpo.training.grpo import check_finite_run
+    from perpo.training.trainer import TrainingDiverged
 
     layer = torch.nn.Linear(2, 2)
     run = SimpleNamespace(model=layer, state=SimpleNamespace(log_history=[{"step": 1, "loss": 0.5}]))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from perpo.config import ConfigError
-from perpo.grpo import GRPOArguments, completion_text, format_reward, resolve_reward, task_reward
-from perpo.iterative import IterateConfig
-from perpo.trainer import PerPOArguments
+from perpo.training.grpo import GRPOArguments, completion_text, format_reward, resolve_reward, task_reward
+from perpo.training.iterative import IterateConfig
+from perpo.training.trainer import PerPOArguments
 
 
 def test_task_and_format_rewards_read_trl_completions():
@@ -61,7 +61,7 @@ def test_iterate_options_are_checked():
 def test_reports_name_the_online_methods(tmp_path):
     import json
 
-    from perpo.losses import METHODS
+    from perpo.objectives.losses import METHODS
     from reports.load import method_label
     from reports.result_files import training_metadata
 

@@ -1,4 +1,4 @@
-"""Tests for `perpo.rewards`: built-in rewards, the registry with user dotted paths, and the margin filter."""
+"""`perpo.objectives.rewards`: built-in rewards, the registry with user dotted paths, and the margin filter."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from perpo.rewards import (
+from perpo.objectives.rewards import (
     DEFAULT_MARGINS,
     GROUNDING_MARGIN,
     OCR_MARGIN,
@@ -131,7 +131,7 @@ def test_reward_modules_import_without_torch_nltk_or_jieba() -> None:
     """boxes, metrics and rewards are pure: importing them loads no torch (the project's import rules) and
     defers nltk and jieba to first use (checked in a clean interpreter)."""
     code = (
-        "import sys, perpo.boxes, perpo.metrics, perpo.rewards; "
+        "import sys, perpo.objectives.boxes, perpo.objectives.metrics, perpo.objectives.rewards; "
         "print(sorted(m for m in ('torch', 'transformers', 'nltk', 'jieba') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -14,8 +14,8 @@ import pytest
 
 from perpo.config import ConfigError
 from perpo.data.schema import RecordError, dump_record, load_records
-from perpo.modeling import checkpoint_fingerprint as fingerprint
-from perpo.sampling import (
+from perpo.model.modeling import checkpoint_fingerprint as fingerprint
+from perpo.sampling.sample import (
     SampleConfig,
     find_parts,
     merge_parts,

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from perpo.boxes import gt_box_in_frame
 from perpo.cli import main
 from perpo.data.refer import UnsafePickleError
 from perpo.data.schema import RecordError, load_records, resolve_image, validate_record
@@ -25,6 +24,7 @@ from perpo.data.sources import (
     synth_instructions,
     write_records,
 )
+from perpo.objectives.boxes import gt_box_in_frame
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 RELEASED = FIXTURES / "perpo_data_json_example.json"
@@ -388,9 +388,9 @@ def test_import_cli(tmp_path, refer_root, capsys):
 def test_records_for_a_qwen_model_write_json_pixel_boxes_of_its_resized_image(refer_root, tiny_model_of, tmp_path):
     """`--model` of a Qwen2.5-VL checkpoint: its question, boxes in pixels of the image its processor makes
     (`pixels`), the frame original; the answer's IoU with the target is the rounding's only."""
-    from perpo.families import QWEN2_5_VL
-    from perpo.modeling import load_processor
-    from perpo.rewards import iou_reward
+    from perpo.model.families import QWEN2_5_VL
+    from perpo.model.modeling import load_processor
+    from perpo.objectives.rewards import iou_reward
 
     qwen = tiny_model_of("qwen2_5_vl")
     out = tmp_path / "qwen.jsonl"

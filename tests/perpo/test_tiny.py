@@ -7,7 +7,7 @@ from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from perpo.embedded.tiny import COORDINATE_TOKENS, EOS, IMAGE, UNK, build_tokenizer, build_vocab
-from perpo.prompts import chat_prompt, grounding_question
+from perpo.model.prompts import chat_prompt, grounding_question
 
 
 def test_vocab_layout_is_stable():
@@ -76,9 +76,9 @@ def test_saved_model_loads_with_from_pretrained_and_expands_image_tokens(tiny_ll
 
 
 def test_warmed_up_asset_answers_a_synthetic_image_with_a_box(base_model_asset, synth_data):
-    from perpo.boxes import box_iou, gt_box_in_frame, parse_box
-    from perpo.generation import GenerationRequest, generate
     from perpo.io import read_jsonl
+    from perpo.model.generation import GenerationRequest, generate
+    from perpo.objectives.boxes import box_iou, gt_box_in_frame, parse_box
 
     model = LlavaForConditionalGeneration.from_pretrained(base_model_asset, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(base_model_asset)

@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from perpo.embedded.tiny import build_family
-from perpo.modeling import apply_lora, checkpoint_dtype, export_merged, master_dtype
+from perpo.model.modeling import apply_lora, checkpoint_dtype, export_merged, master_dtype
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import pytest
 
 from perpo.config import ConfigError
 from perpo.data.schema import dump_record, load_records
-from perpo.sampling import SampleConfig, SampleRequest, part_path, run_sample, settings_path
-from perpo.vllm_backend import VLLMBackend, engine_args, merged_checkpoint, request_seed, responses_of
+from perpo.sampling.sample import SampleConfig, SampleRequest, part_path, run_sample, settings_path
+from perpo.sampling.vllm_backend import VLLMBackend, engine_args, merged_checkpoint, request_seed, responses_of
 
 
 @dataclass
@@ -68,7 +68,7 @@ class FakeEngine:
 def backend_parts(tiny_llava):
     from transformers import AutoConfig
 
-    from perpo.modeling import load_processor
+    from perpo.model.modeling import load_processor
 
     return load_processor(str(tiny_llava)), AutoConfig.from_pretrained(str(tiny_llava))
 
@@ -98,7 +98,7 @@ def config(tiny_llava, instructions, out, **kwargs) -> SampleConfig:
 
 
 def test_requests_carry_the_chat_prompt_the_image_and_a_seed_per_instruction(backend_parts, synth_data):
-    from perpo.prompts import chat_prompt
+    from perpo.model.prompts import chat_prompt
 
     processor, _ = backend_parts
     engine = FakeEngine()
@@ -191,7 +191,7 @@ def test_without_vllm_installed_the_error_says_how_to_get_it(tiny_llava, instruc
 
 
 def test_an_adapter_is_merged_once_beside_the_output(tmp_path, monkeypatch):
-    import perpo.modeling
+    import perpo.model.modeling
 
     made = []
 
@@ -201,7 +201,7 @@ def test_an_adapter_is_merged_once_beside_the_output(tmp_path, monkeypatch):
         (Path(out) / "config.json").write_text("{}")
         return Path(out)
 
-    monkeypatch.setattr(perpo.modeling, "export_merged", export)
+    monkeypatch.setattr(perpo.model.modeling, "export_merged", export)
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_model.safetensors").write_bytes(b"lora")
@@ -215,7 +215,7 @@ def test_an_adapter_is_merged_once_beside_the_output(tmp_path, monkeypatch):
 
 
 def test_vllm_processes_get_their_own_gpus_and_refuse_torchrun(tiny_llava, instructions, tmp_path, monkeypatch):
-    from perpo.sampling import _engine_gpus
+    from perpo.sampling.sample import _engine_gpus
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
     cfg = config(tiny_llava, instructions, tmp_path / "s.jsonl", processes=2, tensor_parallel_size=2)

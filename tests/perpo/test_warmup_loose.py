@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from perpo.boxes import box_iou
 from perpo.config import ConfigError
 from perpo.embedded.warmup import WarmupConfig, loosen_box
+from perpo.objectives.boxes import box_iou
 
 
 def test_loosen_box_moves_every_side_out_by_the_margin_times_the_size():

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from perpo.boxes import format_box, gt_box_in_frame
-from perpo.config import save_resolved
-from perpo.embedded.demo import DemoConfig
-from perpo.io import read_jsonl, write_jsonl
-from perpo.prompts import grounding_question
+from perpo.io import read_jsonl, save_resolved, write_jsonl
+from perpo.model.prompts import grounding_question
+from perpo.objectives.boxes import format_box, gt_box_in_frame
+from perpo.studies.demo import DemoConfig
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,6 @@
 """Loading models and processors, LoRA (peft), freezing, and the reference policy.
 
-The checkpoint's `config.model_type` picks its family (`perpo.families`: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision,
+The checkpoint's `config.model_type` picks its family (`perpo.model.families`: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision,
 Qwen2.5-VL, Qwen3-VL),
 which names the transformers class, the projector and the language model. What trains follows the released
 PerPO recipe: LoRA on the language model's linear layers, the multimodal projector fully (as a peft
@@ -29,10 +29,10 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def checkpoint_family(name_or_path: str | Path, **hub_kwargs):
-    """The family (`perpo.families`) of a checkpoint, by its `config.model_type`."""
+    """The family (`perpo.model.families`) of a checkpoint, by its `config.model_type`."""
     from transformers import AutoConfig
 
-    from perpo.families import family_for_type
+    from perpo.model.families import family_for_type
 
     config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
     return family_for_type(config.model_type, str(name_or_path))
@@ -155,7 +155,7 @@ def apply_lora(
     """
     from peft import LoraConfig, get_peft_model
 
-    from perpo.families import family_of
+    from perpo.model.families import family_of
 
     family = family_of(model)
     config = LoraConfig(

@@ -9,7 +9,7 @@ encoded lists are not cached one by one.
 
 from __future__ import annotations
 
-from perpo.families.base import Family, register
+from perpo.model.families.base import Family, register
 
 # LLaVA-1.5 was trained with `--image_aspect_ratio pad`; the llava-hf processors centre-crop (REFERENCE §9).
 LLAVA = register(Family("llava", "LlavaForConditionalGeneration", pad_to_square=True))

@@ -2,7 +2,7 @@
 
 One vLLM engine per process (`--tensor_parallel_size` GPUs each; `--processes K` starts K engines on one machine,
 each on its own GPUs). Every instruction becomes one vLLM request: the prompt is the checkpoint's own chat template
-(`perpo.prompts.chat_prompt`, the same text the `hf` backend feeds `generate`), the image goes in
+(`perpo.model.prompts.chat_prompt`, the same text the `hf` backend feeds `generate`), the image goes in
 `multi_modal_data`, and `SamplingParams(n=N, seed=...)` draws the N responses from a seed keyed by (seed, id), so
 the responses of an instruction do not depend on which other instructions share its batch or its shard. What vLLM
 does not promise is batch-invariant arithmetic: the same seed can give other tokens under another batching, so the
@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from perpo.config import ConfigError
-from perpo.families import family_of
-from perpo.generation import SAMPLING_DEFAULTS
+from perpo.model.families import family_of
+from perpo.model.generation import SAMPLING_DEFAULTS
 
 
 def request_seed(seed: int, key: str) -> int:
@@ -55,7 +55,7 @@ class VLLMBackend:
         """vLLM prompts: the chat-template text, and the image (RGB, as the family prepares it for its processor)
         when the instruction has one."""
         from perpo.io import load_image
-        from perpo.prompts import chat_prompt
+        from perpo.model.prompts import chat_prompt
 
         prompts = []
         for request in requests:
@@ -121,7 +121,7 @@ def engine_args(cfg, model: str, dtype: str) -> dict[str, Any]:
 
 def merged_checkpoint(cfg) -> Path:
     """The folder vLLM loads: `cfg.model`, or with an adapter the merged checkpoint beside the output (made once)."""
-    from perpo.modeling import checkpoint_fingerprint, export_merged
+    from perpo.model.modeling import checkpoint_fingerprint, export_merged
 
     if not cfg.adapter:
         return Path(cfg.model)
@@ -147,7 +147,7 @@ def load_vllm_backend(cfg, *, device: str = "cuda", dtype: Any = "bfloat16") -> 
         ) from err
     from transformers import AutoConfig
 
-    from perpo.modeling import load_processor
+    from perpo.model.modeling import load_processor
 
     model = str(merged_checkpoint(cfg))
     engine = vllm.LLM(**engine_args(cfg, model, str(dtype).removeprefix("torch.")))

@@ -2,7 +2,7 @@
 
 A falling training loss says nothing about whether the policy got better at the task. `perpo train --eval_data
 FILE` scores greedy answers on held-out grounding instructions with the task's own metric (AP@50, through
-`perpo.quickeval.evaluate_grounding`) at the end of training and, with `--eval_strategy steps`, every
+`perpo.model.quickeval.evaluate_grounding`) at the end of training and, with `--eval_strategy steps`, every
 `--eval_steps`; `--eval_train_lists K` scores the instructions of the first K training lists the same way, so
 train and held-out sit side by side (a gap that opens is over-fitting; two flat curves are a policy that does not
 move). The numbers go through the Trainer's log (`heldout/ap50`, `heldout/iou`, `heldout/parse_fail`,
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 HELDOUT_FILE = "heldout.json"
 METRICS = ("ap50", "iou", "parse_fail")
-"""The metrics of `perpo.metrics.grounding` logged per evaluation set (`<set>/<metric>`)."""
+"""The metrics of `perpo.objectives.metrics.grounding` logged per evaluation set (`<set>/<metric>`)."""
 FLAT_FIELDS = ("id", "image", "expression", "bbox", "width", "height")
 
 
@@ -113,7 +113,7 @@ def load_eval_rows(path: str | Path, image_root: str | Path | None = None, limit
         limit: keep the first `limit` rows only (later lines are not read).
 
     Returns:
-        Rows for `perpo.quickeval.evaluate_grounding`, image paths resolved.
+        Rows for `perpo.model.quickeval.evaluate_grounding`, image paths resolved.
 
     Raises:
         ConfigError: the file is missing or empty, or a line is not JSON, not a valid row, or names a missing image;
@@ -198,7 +198,7 @@ class HeldoutEvaluator:
         """The evaluator `perpo train` asks for (None without --eval_data and --eval_train_lists), validated now.
 
         Args:
-            args: `perpo.trainer.PerPOArguments`.
+            args: `perpo.training.trainer.PerPOArguments`.
             training_args: `transformers.TrainingArguments`.
             records: the training lists (validated train records).
 
@@ -247,7 +247,7 @@ class HeldoutEvaluator:
 
     def score(self, model, processor) -> dict[str, float]:
         """`<set>/<metric>` of greedy answers for every set (the model is left in the mode it was in)."""
-        from perpo.quickeval import evaluate_grounding
+        from perpo.model.quickeval import evaluate_grounding
 
         tokenizer = processor.tokenizer
         side = tokenizer.padding_side  # generation pads on the left; training code may expect otherwise

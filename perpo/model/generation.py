@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from perpo.logprobs import family, unwrap
+from perpo.model.families.base import family_of, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def generate(
         return []
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
-    own = family(model)
+    own = family_of(model)
     images = [own.prepare_image(r.image) for r in requests if r.image is not None]
     inputs = processor(images=images or None, text=[r.prompt for r in requests], return_tensors="pt", padding=True).to(
         model.device

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from perpo.boxes import Box, format_box
 from perpo.config import ConfigError
-from perpo.prompts import GROUNDING_QUESTION
+from perpo.model.prompts import GROUNDING_QUESTION
+from perpo.objectives.boxes import Box, format_box
 
 FAMILIES: dict[str, Family] = {}
 
@@ -32,7 +32,7 @@ class Family:
             "original": the image as it is, which any resize preserves once coordinates are normalised).
         pixel_boxes: its answers are not normalised to [0, 1] but coordinates of a frame `answer_pixels` sizes:
             absolute pixels of the image its processor makes (Qwen2.5-VL), or a fixed 0-1000 grid (Qwen3-VL).
-        pad_to_square: the checkpoint was trained on images padded to a square (`perpo.images.expand2square`),
+        pad_to_square: the checkpoint was trained on images padded to a square (`perpo.model.images.expand2square`),
             whatever its processor config says (LLaVA-1.5: the public llava-hf processors centre-crop instead).
     """
 
@@ -61,7 +61,7 @@ class Family:
         """
         if image is None or not self.pad_to_square:
             return image
-        from perpo.images import expand2square
+        from perpo.model.images import expand2square
 
         return expand2square(image)
 
@@ -132,12 +132,21 @@ def family_for_type(model_type: str, source: str = "model") -> Family:
     if family is None:
         raise ConfigError(
             f"{source}: model_type {model_type!r} is not a supported family ({', '.join(FAMILIES)}); adding one is "
-            "one module in perpo/families/ (docs/architecture.md)"
+            "one module in perpo/model/families/ (docs/architecture.md)"
         )
     return family
 
 
+def unwrap(model):
+    """The underlying `*ForConditionalGeneration` under DeepSpeed/DDP and peft wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
 def family_of(model_or_config: Any) -> Family:
     """The family of a model (peft / DeepSpeed wrappers allowed) or of its config."""
-    config = getattr(model_or_config, "config", model_or_config)
+    config = getattr(unwrap(model_or_config), "config", model_or_config)
     return family_for_type(getattr(config, "model_type", None), type(model_or_config).__name__)

@@ -1,11 +1,11 @@
 """`perpo grpo`: GRPO, online RL on perpo's discriminative rewards, through TRL's `GRPOTrainer`.
 
-The reviewers' comparison: the same instructions `perpo sample` reads, the same reward functions (`perpo.rewards`:
-IoU for grounding, 1 − edit distance for page OCR), LoRA on the same layers with the projector trained fully as in
-`perpo train`, and a group of N responses per instruction where PerPO ranks a list of N. The RL loop is TRL's (a
-maintained implementation): each step samples N completions per instruction from the current policy, scores them,
-and takes a clipped policy-gradient step on the group-normalised advantages, with a KL penalty to the base (the
-policy with its adapters disabled) when `--beta` > 0.
+The reviewers' comparison: the same instructions `perpo sample` reads, the same reward functions
+(`perpo.objectives.rewards`: IoU for grounding, 1 − edit distance for page OCR), LoRA on the same layers with the
+projector trained fully as in `perpo train`, and a group of N responses per instruction where PerPO ranks a list of N.
+The RL loop is TRL's (a maintained implementation): each step samples N completions per instruction from the current
+policy, scores them, and takes a clipped policy-gradient step on the group-normalised advantages, with a KL penalty to
+the base (the policy with its adapters disabled) when `--beta` > 0.
 
 A format reward (1 when the answer parses: a box for grounding, non-empty text for OCR) is computed and logged as
 `rewards/format/mean` beside the task reward; it enters the advantage only with `--format_weight` > 0.
@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from perpo.config import ConfigError, check_numbers, check_spares_inputs, opt
-from perpo.families import Family, family_of
-from perpo.modeling import DEFAULT_LORA_TARGETS
-from perpo.rewards import TASK_REWARDS
+from perpo.model.families import Family, family_of
+from perpo.model.modeling import DEFAULT_LORA_TARGETS
+from perpo.objectives.rewards import TASK_REWARDS
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 class GRPOArguments:
     """perpo's options of `perpo grpo` (the rest are `trl.GRPOConfig`: --num_generations, --beta, ...)."""
 
-    model_name_or_path: str = opt(help="base model: a local checkpoint folder of a perpo.families family")
+    model_name_or_path: str = opt(help="base model: a local checkpoint folder of a perpo.model.families family")
     data: str = opt(help="instruction JSONL (`perpo data instructions`): the prompts sampled online")
     image_root: str | None = opt(None, help="folder relative image paths resolve against (default: data's folder)")
     reward: str = opt(
@@ -67,7 +67,7 @@ class GRPOArguments:
 def prompt_dataset(records: list[dict], image_root: Path, family: Family):
     """Instruction records as TRL's GRPO reads them (a `datasets.Dataset`): a conversational prompt, the image
     (decoded when read and prepared as the family's checkpoints see it, `Family.prepare_image`; TRL puts it before
-    the text, as `perpo.prompts.user_messages` does), the reward's target and the task."""
+    the text, as `perpo.model.prompts.user_messages` does), the reward's target and the task."""
     from datasets import Dataset, Image
 
     from perpo.data.schema import resolve_image
@@ -107,7 +107,7 @@ def check_finite_run(trainer) -> None:
 
     import torch
 
-    from perpo.trainer import TrainingDiverged
+    from perpo.training.trainer import TrainingDiverged
 
     losses = [(e.get("step"), e["loss"]) for e in trainer.state.log_history if isinstance(e.get("loss"), (int, float))]
     first = next((step for step, loss in losses if not math.isfinite(loss)), None)
@@ -132,8 +132,9 @@ def completion_text(completion: Any) -> str:
 
 
 def task_reward(name: str):
-    """A TRL reward function over `perpo.rewards.get_reward(name)`; malformed answers score 0, as in build-data."""
-    from perpo.rewards import get_reward
+    """A TRL reward function over `perpo.objectives.rewards.get_reward(name)`; malformed answers score 0, as in
+    build-data."""
+    from perpo.objectives.rewards import get_reward
 
     fn = get_reward(name)
 
@@ -146,7 +147,7 @@ def task_reward(name: str):
 
 def format_reward(completions, task, **_) -> list[float]:
     """1 when the answer has the task's form (a parseable box for grounding, non-empty text for OCR), else 0."""
-    from perpo.boxes import parse_box
+    from perpo.objectives.boxes import parse_box
 
     def ok(text: str, kind: str) -> bool:
         return parse_box(text, fmt="norm") is not None if kind == "grounding" else bool(text.strip())
@@ -177,7 +178,7 @@ def run_grpo(args: GRPOArguments, config, callbacks: list | None = None) -> Path
     Args:
         args: perpo's options.
         config: `trl.GRPOConfig` (output_dir, num_generations, learning rate, ...).
-        callbacks: replace the console's dict printer and progress bar (as in `perpo.trainer.run_train`).
+        callbacks: replace the console's dict printer and progress bar (as in `perpo.training.trainer.run_train`).
 
     Raises:
         ConfigError: bad data, reward or batch settings (before a model loads).
@@ -185,11 +186,10 @@ def run_grpo(args: GRPOArguments, config, callbacks: list | None = None) -> Path
     from transformers import set_seed
     from trl import GRPOTrainer
 
-    from perpo.config import save_resolved
-    from perpo.heldout import HeldoutEvaluator
-    from perpo.io import write_json
-    from perpo.modeling import apply_lora, disable_dropout, load_model, load_processor, master_dtype
-    from perpo.trainer import DONE_FILE, check_training_args, checked_records, use_callbacks
+    from perpo.io import save_resolved, write_json
+    from perpo.model.modeling import apply_lora, disable_dropout, load_model, load_processor, master_dtype
+    from perpo.training.heldout import HeldoutEvaluator
+    from perpo.training.trainer import DONE_FILE, check_training_args, checked_records, use_callbacks
 
     check_training_args(config)  # the checks of `perpo train`: finite options, a learning rate > 0, ...
     if config.beta < 0 or config.temperature <= 0 or not 0 < config.top_p <= 1:

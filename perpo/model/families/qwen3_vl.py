@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from perpo.boxes import QWEN_SCALE
-from perpo.families.base import register
-from perpo.families.qwen2_5_vl import QwenVLFamily
+from perpo.model.families.base import register
+from perpo.model.families.qwen2_5_vl import QwenVLFamily
+from perpo.objectives.boxes import QWEN_SCALE
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,7 @@ def check_fits(estimate: MemoryEstimate, available: int | None, what: str, rows_
     fix = f"lower --batch_size to {fitting}" if fitting >= 1 else "the weights alone do not fit: use a larger device"
     raise ConfigError(
         f"{what}: {estimate.describe()}, more than {HEADROOM:.0%} of the device's {available / GIB:.0f} GiB; {fix} "
-        "(the formula: perpo/memory.py, docs/scale.md)"
+        "(the formula: perpo/model/memory.py, docs/scale.md)"
     )
 
 
@@ -146,7 +146,7 @@ def check_context(config, prompt_tokens: int, max_new_tokens: int, what: str) ->
 
 def prompt_tokens(processor, family, question: str, image) -> int:
     """The length of the chat prompt of `question` with `image` (None: text only) as the model receives it."""
-    from perpo.prompts import chat_prompt
+    from perpo.model.prompts import chat_prompt
 
     prompt = chat_prompt(processor, question, with_image=image is not None)
     images = None if image is None else [family.prepare_image(image)]

@@ -12,10 +12,10 @@ plus a tiny model of it in `perpo/embedded/tiny.py` that the family-parametrised
 
 from __future__ import annotations
 
-from perpo.families.base import FAMILIES, Family, family_for_type, family_of, register
-from perpo.families.llava import LLAVA, LLAVA_NEXT, LLAVA_ONEVISION
-from perpo.families.qwen2_5_vl import QWEN2_5_VL
-from perpo.families.qwen3_vl import QWEN3_VL
+from perpo.model.families.base import FAMILIES, Family, family_for_type, family_of, register
+from perpo.model.families.llava import LLAVA, LLAVA_NEXT, LLAVA_ONEVISION
+from perpo.model.families.qwen2_5_vl import QWEN2_5_VL
+from perpo.model.families.qwen3_vl import QWEN3_VL
 
 __all__ = [
     "FAMILIES", "LLAVA", "LLAVA_NEXT", "LLAVA_ONEVISION", "QWEN2_5_VL", "QWEN3_VL", "Family", "family_for_type",

@@ -10,13 +10,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from perpo.boxes import denormalize_box, gt_box_in_frame
-from perpo.families import LLAVA, Family
-from perpo.generation import GenerationRequest, generate
 from perpo.io import load_image
-from perpo.metrics.grounding import grounding_metrics
-from perpo.metrics.ocr import normalized_edit_distance
-from perpo.prompts import chat_prompt, grounding_question
+from perpo.model.families import LLAVA, Family
+from perpo.model.generation import GenerationRequest, generate
+from perpo.model.prompts import chat_prompt, grounding_question
+from perpo.objectives.boxes import denormalize_box, gt_box_in_frame
+from perpo.objectives.metrics.grounding import grounding_metrics
+from perpo.objectives.metrics.ocr import normalized_edit_distance
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +67,13 @@ def evaluate_grounding(
 
     A row is a flat grounding row (image, expression, pixel bbox, width, height; scored in `frame`) or carries its
     own `question` and `target` box (a listwise record's instruction; see `row_question`, `row_target`). Flat rows
-    are asked and scored the way the model's family answers (`perpo.families`).
+    are asked and scored the way the model's family answers (`perpo.model.families`).
     """
     from tqdm import tqdm
 
-    from perpo.logprobs import family as model_family  # unwraps peft / DeepSpeed, as held-out scoring may pass them
+    from perpo.model.families import family_of
 
-    family = model_family(model)
+    family = family_of(model)  # unwraps peft / DeepSpeed, as held-out scoring may pass them
     was_training = model.training
     model.eval()
     totals: dict[str, float] = {}

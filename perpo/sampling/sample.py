@@ -1,7 +1,7 @@
 """`perpo sample`: N responses per instruction, append-only and resumable, behind a generation backend.
 
 Determinism. Response i of instruction `id` is drawn from its own random stream keyed by (seed, id, i)
-(`perpo.generation`), so what an instruction gets never depends on the batch it is in, the batch size, or where
+(`perpo.model.generation`), so what an instruction gets never depends on the batch it is in, the batch size, or where
 a run was restarted. Batches are simply the remaining instructions in file order.
 
 Resume. The output is JSONL, one line per finished instruction (the instruction record plus `responses` and
@@ -26,8 +26,8 @@ paths are not settings: they change how fast the file fills, not what it holds.
 
 Backends. `GenerationBackend` is the interface (`generate(requests, n=, temperature=, ...) -> list[list[str]]`,
 with the contract that the responses of a request depend only on it, the settings and the seed). `BACKENDS`
-maps a name to a loader: `hf` (transformers `generate`, any family of `perpo.families`, optional LoRA adapter
-merged in) and `vllm` (`perpo.vllm_backend`: one vLLM engine per process, for GPU machines).
+maps a name to a loader: `hf` (transformers `generate`, any family of `perpo.model.families`, optional LoRA adapter
+merged in) and `vllm` (`perpo.sampling.vllm_backend`: one vLLM engine per process, for GPU machines).
 """
 
 from __future__ import annotations
@@ -47,7 +47,14 @@ from typing import Any, Protocol
 
 from perpo.config import ConfigError, check_numbers, check_spares_inputs, opt, run_metadata
 from perpo.data.schema import RecordError, dump_record, load_records, rebase_image, resolve_image, validate_record
-from perpo.modeling import DTYPES, checkpoint_fingerprint, load_model, load_processor, resolve_device, resolve_dtype
+from perpo.model.modeling import (
+    DTYPES,
+    checkpoint_fingerprint,
+    load_model,
+    load_processor,
+    resolve_device,
+    resolve_dtype,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +69,7 @@ _INSTRUCTION_FIELDS = ("task", "image", "question", "answer", "target", "frame")
 class SampleConfig:
     """Arguments of `perpo sample`."""
 
-    model: str = opt(help="base model: a local HF checkpoint folder (any family of perpo.families)")
+    model: str = opt(help="base model: a local HF checkpoint folder (any family of perpo.model.families)")
     instructions: str = opt(help="instruction JSONL (`perpo data instructions`; schema in perpo/data/schema.py)")
     out: str = opt(help="output samples JSONL: append-only; rerun the same command to resume after a stop")
     adapter: str = opt("", help="optional LoRA adapter folder (peft), merged into the model before sampling")
@@ -153,8 +160,8 @@ BackendLoader = Callable[..., GenerationBackend]
 
 
 def load_model_and_processor(model: str, *, adapter: str = "", device: str = "cpu", dtype: str = "float32"):
-    """A checkpoint of a supported family for sampling (`perpo.modeling`: class by `model_type`), with a LoRA adapter
-    merged in (one set of weights: faster generation, the same model), and its processor.
+    """A checkpoint of a supported family for sampling (`perpo.model.modeling`: class by `model_type`), with a LoRA
+    adapter merged in (one set of weights: faster generation, the same model), and its processor.
 
     Raises:
         ConfigError: a folder is missing, or the checkpoint is not of a supported family.
@@ -171,7 +178,7 @@ def load_model_and_processor(model: str, *, adapter: str = "", device: str = "cp
 
 
 class HFBackend:
-    """The `hf` backend: batched `transformers` generation with per-row Gumbel-max sampling (`perpo.generation`)."""
+    """The `hf` backend: batched `transformers` generation, Gumbel-max sampling per row (`perpo.model.generation`)."""
 
     def __init__(self, model, processor):
         self.model = model
@@ -187,9 +194,9 @@ class HFBackend:
         max_new_tokens: int,
         seed: int,
     ) -> list[list[str]]:
-        from perpo.generation import GenerationRequest, generate
         from perpo.io import load_image
-        from perpo.prompts import chat_prompt
+        from perpo.model.generation import GenerationRequest, generate
+        from perpo.model.prompts import chat_prompt
 
         batch = [
             GenerationRequest(
@@ -217,8 +224,8 @@ def load_hf_backend(cfg: SampleConfig, *, device: str = "cpu", dtype: str = "flo
 
 
 def load_vllm_backend(cfg: SampleConfig, *, device: str = "cuda", dtype: str = "bfloat16"):
-    """The `vllm` backend (perpo.vllm_backend; imported only when asked for)."""
-    from perpo.vllm_backend import load_vllm_backend
+    """The `vllm` backend (perpo.sampling.vllm_backend; imported only when asked for)."""
+    from perpo.sampling.vllm_backend import load_vllm_backend
 
     return load_vllm_backend(cfg, device=device, dtype=dtype)
 
@@ -229,7 +236,7 @@ BACKENDS: dict[str, BackendLoader] = {"hf": load_hf_backend, "vllm": load_vllm_b
 
 def sampler_settings(cfg: SampleConfig, device: str) -> dict[str, Any]:
     """The `sampler` dict: every setting that determines the responses (stored in each record and the sidecar)."""
-    from perpo.generation import SAMPLING_DEFAULTS
+    from perpo.model.generation import SAMPLING_DEFAULTS
 
     engine = {"engine": {"tensor_parallel_size": cfg.tensor_parallel_size} | json.loads(cfg.vllm_args or "{}")}
     return (engine if cfg.backend == "vllm" else {}) | {
@@ -353,7 +360,7 @@ def check_box_units(records: Sequence[dict], model, processor, image_dir: Path, 
     """
     from PIL import Image
 
-    from perpo.families import family_of
+    from perpo.model.families import family_of
 
     family = family_of(model)
     for record in records:
@@ -383,7 +390,7 @@ def sample_plan(cfg: SampleConfig, device: str, record: dict | None = None) -> d
 
     The prompt is measured on `record` (default: the instruction with the longest question) with its image;
     the KV cache of the `batch_size x n` rows of a `generate` call is sized from the checkpoint's config
-    (`perpo.memory`).
+    (`perpo.model.memory`).
 
     Raises:
         ConfigError: the prompt plus max_new_tokens exceeds the model's context, or (hf backend, on a GPU) the
@@ -391,9 +398,9 @@ def sample_plan(cfg: SampleConfig, device: str, record: dict | None = None) -> d
     """
     from transformers import AutoConfig
 
-    from perpo.families import family_of
     from perpo.io import load_image
-    from perpo.memory import check_context, check_fits, device_memory, generation_estimate, prompt_tokens
+    from perpo.model.families import family_of
+    from perpo.model.memory import check_context, check_fits, device_memory, generation_estimate, prompt_tokens
 
     source = Path(cfg.instructions)
     if record is None:
@@ -583,7 +590,7 @@ def _run_local_processes(cfg: SampleConfig) -> dict:
     launches = [Launch(rank, cfg.processes, rank) for rank in range(cfg.processes)]
     gpus = _engine_gpus(cfg)
     if cfg.backend == "vllm" and cfg.adapter:
-        from perpo.vllm_backend import merged_checkpoint
+        from perpo.sampling.vllm_backend import merged_checkpoint
 
         merged_checkpoint(cfg)  # once, before the workers load it
     context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch state

@@ -1,8 +1,8 @@
 """`perpo train`: listwise preference training of LLaVA-family models (PerPO, LiPO-λ, listwise, DPO, SFT).
 
 One `transformers.Trainer` subclass computes per-response summed log-probs for the policy and the reference
-(`perpo.logprobs`, naive or shared-prefix layout) and calls the loss by name (`perpo.losses.LOSSES`). peft LoRA
-trains the language model; the projector trains as a peft `modules_to_save` copy; DeepSpeed ZeRO-2/3 comes in
+(`perpo.model.logprobs`, naive or shared-prefix layout) and calls the loss by name (`perpo.objectives.losses.LOSSES`).
+peft LoRA trains the language model; the projector trains as a peft `modules_to_save` copy; DeepSpeed ZeRO-2/3 comes in
 through `--deepspeed CONFIG.json` as in every HF recipe.
 
 The reference policy never drifts:
@@ -31,9 +31,10 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from perpo.config import ConfigError, check_numbers, check_spares_inputs, opt
 from perpo.data.collate import ListCollator
 from perpo.io import write_json
-from perpo.logprobs import LAYOUTS, ListBatch, ReferenceMemo, family, sequence_logps
-from perpo.losses import LOSSES, METHODS
-from perpo.modeling import DEFAULT_LORA_TARGETS, keep_trainable_in, master_dtype
+from perpo.model.families import family_of
+from perpo.model.logprobs import LAYOUTS, ListBatch, ReferenceMemo, sequence_logps
+from perpo.model.modeling import DEFAULT_LORA_TARGETS, keep_trainable_in, master_dtype
+from perpo.objectives.losses import LOSSES, METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,9 @@ class PerPOArguments:
     image_root: str | None = opt(
         None, help="folder that relative image paths resolve against (default: data's folder)"
     )
-    loss: str = opt("perpo", help="training objective: a name of perpo.losses.METHODS with a loss (listed above)")
+    loss: str = opt(
+        "perpo", help="training objective: a name of perpo.objectives.losses.METHODS with a loss (listed above)"
+    )
     beta: float = opt(0.1, gt=0, help="β: scale of the log-ratio scores")
     gamma: float = opt(0.5, ge=0, help="γ: PerPO pair-weight exponent |r_i - r_j|^γ (0 = uniform listwise)")
     n: int = opt(20, ge=1, help="responses per list used for training (the first N of each list; shorter lists fail)")
@@ -161,7 +164,7 @@ class PerPOTrainer(Trainer):
         self._last_log = time.perf_counter()
         # Reference log-probs by list content (never in multi-process runs: there a skipped pass could desync ranks).
         memo = perpo_args.cache_reference and self.args.world_size == 1
-        self._reference_memo = ReferenceMemo(family(self.model)) if memo else None
+        self._reference_memo = ReferenceMemo(family_of(self.model)) if memo else None
         self.add_callback(_FiniteGradients(self))
 
     def diverged(self, what: str) -> TrainingDiverged:
@@ -177,10 +180,10 @@ class PerPOTrainer(Trainer):
         self._last_log = time.perf_counter()  # throughput excludes set-up time
         return super().train(*args, **kwargs)
 
-    heldout = None  # perpo.heldout.HeldoutEvaluator (--eval_data, --eval_train_lists), set by run_train
+    heldout = None  # perpo.training.heldout.HeldoutEvaluator (--eval_data, --eval_train_lists), set by run_train
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        """Greedy AP@50 of the held-out sets (`perpo.heldout`) instead of HF's teacher-forced eval loss."""
+        """Greedy AP@50 of the held-out sets (`perpo.training.heldout`) instead of HF's teacher-forced eval loss."""
         if self.heldout is None:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         return self.heldout.evaluate(self, metric_key_prefix)
@@ -333,7 +336,7 @@ def peak_memory_gb() -> float:
 
 def model_fingerprint(name_or_path: str) -> str:
     """A local checkpoint's content fingerprint; the id and commit for a hub model."""
-    from perpo.modeling import checkpoint_fingerprint
+    from perpo.model.modeling import checkpoint_fingerprint
 
     local = checkpoint_fingerprint(name_or_path)
     if local is not None:
@@ -536,9 +539,10 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks:
     """
     from transformers import set_seed
 
-    from perpo.config import jsonable, save_resolved
-    from perpo.heldout import HeldoutEvaluator
-    from perpo.modeling import apply_lora, disable_dropout, frozen_copy, fuse_lora, load_model, load_processor
+    from perpo.config import jsonable
+    from perpo.io import save_resolved
+    from perpo.model.modeling import apply_lora, disable_dropout, frozen_copy, fuse_lora, load_model, load_processor
+    from perpo.training.heldout import HeldoutEvaluator
 
     # Everything the user gave is checked before a model loads or anything is written.
     check_training_args(training_args)
@@ -569,7 +573,7 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks:
     model.train()
     disable_dropout(model)
     model.requires_grad_(False)
-    model_family = family(model)
+    model_family = family_of(model)
     collator = ListCollator(
         processor, str(image_root), args.n, on_answers=METHODS[args.loss].on_answers,
         cache=args.cache_inputs and model_family.per_image_pixels, family=model_family,

@@ -5,7 +5,7 @@ The built-in rewards are the evaluation metrics themselves, so the ranking used 
 is the one the tasks measure:
 
 - `"iou"` (grounding): IoU of the first box parsed from the response with the ground-truth box, both
-  normalised in the training frame (`perpo.boxes.parse_box` with `fmt="norm"`); 0.0 when no box parses.
+  normalised in the training frame (`perpo.objectives.boxes.parse_box` with `fmt="norm"`); 0.0 when no box parses.
 - `"ocr"` (page OCR): 1 - normalised character edit distance to the ground-truth text; 0.0 for an empty
   response.
 
@@ -21,8 +21,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from perpo.boxes import Box, box_iou, parse_box
-from perpo.metrics.ocr import normalized_edit_distance
+from perpo.objectives.boxes import Box, box_iou, parse_box
+from perpo.objectives.metrics.ocr import normalized_edit_distance
 
 GROUNDING_MARGIN = 0.8
 """Default data margin for grounding lists (paper: m = 0.8)."""
@@ -47,7 +47,7 @@ def iou_reward(response: str, target: Box) -> float:
         target: The ground-truth box in the same units and frame.
 
     Returns:
-        IoU in [0, 1] (`perpo.boxes.box_iou` policy: inverted boxes score 0, nothing is clamped).
+        IoU in [0, 1] (`perpo.objectives.boxes.box_iou` policy: inverted boxes score 0, nothing is clamped).
     """
     box = parse_box(response, fmt="norm")
     return 0.0 if box is None else box_iou(box, tuple(target))

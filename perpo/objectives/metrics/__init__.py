@@ -5,8 +5,8 @@
   definitions; nltk and jieba load lazily on first use.
 """
 
-from perpo.metrics.grounding import GROUNDING_METRIC_KEYS, IOU_THRESHOLDS, box_metrics, grounding_metrics
-from perpo.metrics.ocr import OCR_METRIC_KEYS, load_wordnet, normalized_edit_distance, ocr_metrics
+from perpo.objectives.metrics.grounding import GROUNDING_METRIC_KEYS, IOU_THRESHOLDS, box_metrics, grounding_metrics
+from perpo.objectives.metrics.ocr import OCR_METRIC_KEYS, load_wordnet, normalized_edit_distance, ocr_metrics
 
 __all__ = [
     "GROUNDING_METRIC_KEYS",

@@ -4,7 +4,7 @@ Every key is a float so that lmms-eval can average it (`aggregation: mean`):
 
 - `ap50`: 1.0 if IoU >= 0.5 else 0.0. PerPO's "AP@50" is this accuracy at IoU 0.5 averaged over referring
   expressions (one predicted box per expression, so not COCO-style AP). Equal to `acc50` by definition.
-- `iou`: IoU of the parsed box with the ground truth (`perpo.boxes.box_iou`; 0.0 when unparseable).
+- `iou`: IoU of the parsed box with the ground truth (`perpo.objectives.boxes.box_iou`; 0.0 when unparseable).
 - `parse_fail`: 1.0 when no box could be parsed from the answer (all scores are then 0.0 and the sample stays
   in the denominator, as lmms-eval does with its `[0, 0, 0, 0]` fallback).
 - `acc10`, `acc20`, ..., `acc90`: 1.0 if IoU >= 0.1, 0.2, ..., 0.9 (inclusive, as lmms-eval's `ACC@t`; its
@@ -13,13 +13,13 @@ Every key is a float so that lmms-eval can average it (`aggregation: mean`):
   (lmms-eval's `Center_ACC`). The centre is the midpoint of the written corners, so it does not depend on
   their order.
 
-Both boxes must be in the same normalised frame (see `perpo.boxes.FRAMES`): the caller normalises the ground
+Both boxes must be in the same normalised frame (see `perpo.objectives.boxes.FRAMES`): the caller normalises the ground
 truth in the frame the model answers in.
 """
 
 from __future__ import annotations
 
-from perpo.boxes import Box, BoxFormat, box_iou, parse_box
+from perpo.objectives.boxes import Box, BoxFormat, box_iou, parse_box
 
 IOU_THRESHOLDS: dict[str, float] = {
     "acc10": 0.1,
@@ -73,7 +73,7 @@ def grounding_metrics(
     Args:
         response: The model's answer text (anything: unparseable text counts as a parse failure).
         gt_box: Ground-truth `(x1, y1, x2, y2)` normalised in the frame the model answers in.
-        fmt: Coordinate convention of the answer (`perpo.boxes.parse_box`).
+        fmt: Coordinate convention of the answer (`perpo.objectives.boxes.parse_box`).
         size: `(width, height)` of the model's frame in pixels, required for `fmt="pixel"`.
 
     Returns:

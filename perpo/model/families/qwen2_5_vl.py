@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from perpo.boxes import Box
-from perpo.families.base import Family, register
-from perpo.prompts import QWEN_GROUNDING_QUESTION
+from perpo.model.families.base import Family, register, unwrap
+from perpo.model.prompts import QWEN_GROUNDING_QUESTION
+from perpo.objectives.boxes import Box
 
 QWEN_FACTOR = 28
 """Qwen2.5-VL's resize grid: 14-pixel patches, merged 2 x 2."""
@@ -76,8 +76,6 @@ class QwenVLFamily(Family):
         computed, every output of it (merged tokens, DeepStack features), for the other copies. The images of a
         batch are encoded independently of each other, so the result is the same."""
         import torch
-
-        from perpo.logprobs import unwrap
 
         visual = unwrap(model).model.visual
         encode = visual.forward

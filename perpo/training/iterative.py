@@ -95,15 +95,15 @@ def _absolute_image(record: dict, root: Path) -> dict:
 def run_iterate(cfg: IterateConfig, callbacks: Callable[[int, Path], list] | None = None) -> dict:
     """Run the rounds (see the module docstring); returns the summary also written to `out/iterate.json`.
 
-    `callbacks(round, folder)` gives each round's training callbacks (see `perpo.trainer.run_train`).
+    `callbacks(round, folder)` gives each round's training callbacks (see `perpo.training.trainer.run_train`).
     """
     from transformers import TrainingArguments
 
     from perpo.config import parse_command
     from perpo.data.build import BuildDataConfig, run_build_data
     from perpo.io import write_json
-    from perpo.sampling import SampleConfig, run_sample
-    from perpo.trainer import PerPOArguments, run_train
+    from perpo.sampling.sample import SampleConfig, run_sample
+    from perpo.training.trainer import PerPOArguments, run_train
 
     out = Path(cfg.out).resolve()  # absolute: the rounds' adapters are recorded in sampler settings and configs
     flags = [PerPOArguments, TrainingArguments]
@@ -168,7 +168,7 @@ def check_train_args(flags: list[type], argv: list[str]) -> None:
     import io
 
     from perpo.config import parse_command
-    from perpo.trainer import check_training_args
+    from perpo.training.trainer import check_training_args
 
     printed = io.StringIO()
     try:

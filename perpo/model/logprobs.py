@@ -41,7 +41,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from perpo.data.collate import pad_right
+from perpo.model.families import LLAVA
+from perpo.model.families.base import family_of, unwrap
 
 LAYOUTS = ("naive", "shared", "tree")
 
@@ -70,25 +71,18 @@ class ListBatch:
         return len(self.response_ids), max(len(r) for r in self.response_ids)
 
 
-def unwrap(model):
-    """The underlying `*ForConditionalGeneration` under DeepSpeed/DDP and peft wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
-
-
-def family(model):
-    """The model's family (`perpo.families`); an unregistered model type gets LLaVA-1.5's conventions."""
-    from perpo.families import FAMILIES, LLAVA
-
-    return FAMILIES.get(getattr(unwrap(model).config, "model_type", None), LLAVA)
-
-
 def language_core(model):
     """The language model's decoder stack as the model's family names it (None if the model has none there)."""
-    return family(model).language_core(unwrap(model))
+    return family_of(model).language_core(unwrap(model))
+
+
+def pad_right(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    """[len(rows), max row length] long tensor: each row left-aligned, the rest `value`."""
+    width = max(len(row) for row in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out
 
 
 def _image_rows(batch: ListBatch, owners: Sequence[int], model) -> dict[str, Tensor]:
@@ -100,14 +94,16 @@ def _image_rows(batch: ListBatch, owners: Sequence[int], model) -> dict[str, Ten
         if has:
             index_of_list[b] = len(index_of_list)
     picks = [index_of_list[b] for b in owners if b in index_of_list]
-    return family(model).select_images(batch.images, picks)
+    return family_of(model).select_images(batch.images, picks)
 
 
 def _prompt_positions(model, batch: ListBatch):
     """Each prompt's [3, P] positions for a family with multimodal positions (M-RoPE), else None (kept in memo)."""
     if "positions" not in batch.memo:
         core = unwrap(model)
-        batch.memo["positions"] = family(model).prompt_positions(core, batch.prompt_ids, batch.has_image, batch.images)
+        batch.memo["positions"] = family_of(model).prompt_positions(
+            core, batch.prompt_ids, batch.has_image, batch.images
+        )
     return batch.memo["positions"]
 
 
@@ -166,7 +162,7 @@ def naive_rows(batch: ListBatch, pad_id: int) -> tuple[Tensor, Tensor, Tensor, l
 
 
 def _naive_chunk(model, input_ids: Tensor, attention_mask: Tensor, starts: Tensor, images: dict) -> Tensor:
-    text = family(model).text_inputs(unwrap(model).config, input_ids)  # e.g. what M-RoPE positions are built from
+    text = family_of(model).text_inputs(unwrap(model).config, input_ids)  # e.g. what M-RoPE positions are built from
     logits = model(input_ids=input_ids, attention_mask=attention_mask, **images, **text).logits  # [R, T, V]
     token_logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # [R, T-1, V], position t predicts t+1
     targets = input_ids[:, 1:]
@@ -824,8 +820,6 @@ class ReferenceMemo:
     """
 
     def __init__(self, family=None):
-        from perpo.families import LLAVA
-
         self.store: dict[bytes, Tensor] = {}
         self.family = family or LLAVA  # how a list's image inputs are cut out of the batch's
 

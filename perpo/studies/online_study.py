@@ -36,7 +36,7 @@ BUDGET_FIELDS = (
 
 def train_perpo_iter(cfg, base: Path, lists: Path, out: Path) -> Path:
     """Iterative PerPO on the demo's instructions (`perpo iterate`); returns the final adapter."""
-    from perpo.iterative import IterateConfig, run_iterate
+    from perpo.training.iterative import IterateConfig, run_iterate
 
     train = (
         f"--loss perpo --learning_rate {cfg.lr('perpo_iter')} --beta {cfg.beta('perpo_iter')} --gamma {cfg.gamma} "
@@ -62,8 +62,8 @@ def train_grpo(cfg, base: Path, lists: Path, out: Path) -> Path:
     """GRPO on the demo's instructions (`perpo grpo`), as many optimizer steps as PerPO's; returns the adapter."""
     from trl import GRPOConfig
 
-    from perpo.embedded.demo import optimizer_steps
-    from perpo.grpo import GRPOArguments, run_grpo
+    from perpo.studies.stages import optimizer_steps
+    from perpo.training.grpo import GRPOArguments, run_grpo
 
     groups = max(1, round(count_lines(lists / "instructions.jsonl") / optimizer_steps(cfg, lists)))
     shutil.rmtree(out, ignore_errors=True)
@@ -146,7 +146,7 @@ def online_table(rows: dict[str, dict]) -> str:
 def run_online_study(cfg, out: Path, threads: int) -> dict:
     """Train the online methods beside a finished demo in `out`, evaluate them as the demo evaluates, write
     `out/online_study.json` and `out/report/online.md`, print the table; returns the study's rows."""
-    from perpo.embedded.demo import evaluate_models
+    from perpo.studies.stages import evaluate_models
 
     data, lists, base = out / "data", out / "lists", Path(cfg.base_model)
     if not (lists / "stats.json").is_file() or not (out / "eval" / "base" / "results.json").is_file():
