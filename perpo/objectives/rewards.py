@@ -16,8 +16,8 @@ path: `get_reward("my_pkg.my_rewards:exact_match")` (or `"my_pkg.my_rewards.exac
 
 from __future__ import annotations
 
-import importlib
 import math
+import pkgutil
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -104,14 +104,11 @@ def get_reward(name: str) -> RewardFn:
     if not module_name or not attr_path:
         raise ValueError(f"unknown reward {name!r}: {choices}")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = pkgutil.resolve_name(name)  # `pkg.mod:attr.path` or `pkg.mod.attr`, as entry points name them
     except ImportError as err:
         raise ValueError(f"reward {name!r}: cannot import module {module_name!r} ({err}); {choices}") from err
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as err:
-            raise ValueError(f"reward {name!r}: {module_name!r} has no attribute {attr_path!r}; {choices}") from err
+    except AttributeError as err:
+        raise ValueError(f"reward {name!r}: {module_name!r} has no attribute {attr_path!r}; {choices}") from err
     if not callable(obj):
         raise ValueError(f"reward {name!r} resolves to a non-callable {type(obj).__name__}; {choices}")
     return obj

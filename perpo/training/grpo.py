@@ -189,7 +189,8 @@ def run_grpo(args: GRPOArguments, config, callbacks: list | None = None) -> Path
     from perpo.io import save_resolved, write_json
     from perpo.model.modeling import apply_lora, disable_dropout, load_model, load_processor, master_dtype
     from perpo.training.heldout import HeldoutEvaluator
-    from perpo.training.trainer import DONE_FILE, check_training_args, checked_records, use_callbacks
+    from perpo.training.resume import DONE_FILE
+    from perpo.training.trainer import check_training_args, checked_records, use_callbacks
 
     check_training_args(config)  # the checks of `perpo train`: finite options, a learning rate > 0, ...
     if config.beta < 0 or config.temperature <= 0 or not 0 < config.top_p <= 1:

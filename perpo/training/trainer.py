@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import resource
@@ -35,19 +34,12 @@ from perpo.model.families import family_of
 from perpo.model.logprobs import LAYOUTS, ListBatch, ReferenceMemo, sequence_logps
 from perpo.model.modeling import DEFAULT_LORA_TARGETS, keep_trainable_in, master_dtype
 from perpo.objectives.losses import LOSSES, METHODS
+from perpo.training.reference import load_or_compute_reference
+from perpo.training.resume import DONE_FILE, check_rerun, latest_checkpoint, rerun_key, resume_point
 
 logger = logging.getLogger(__name__)
 
 REFERENCE_MODES = ("adapter", "copy", "precomputed")
-# TrainingArguments that change what a run computes: a rerun that resumes must not change them (see `check_rerun`).
-TRAJECTORY_ARGS = (
-    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "seed", "data_seed", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "weight_decay", "adam_beta1",
-    "adam_beta2", "adam_epsilon", "max_grad_norm", "optim", "bf16", "fp16",
-)  # fmt: skip
-# PerPOArguments that only say what is scored on the side, never what is trained.
-SIDE_ARGS = ("eval_data", "eval_image_root", "eval_limit", "eval_train_lists")
-DONE_FILE = "train_summary.json"  # written last: its presence means the output folder holds a finished run
 
 
 class TrainingDiverged(ConfigError):
@@ -331,72 +323,6 @@ def peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-# ------------------------------------------------------------------------------------------- reference cache
-
-
-def model_fingerprint(name_or_path: str) -> str:
-    """A local checkpoint's content fingerprint; the id and commit for a hub model."""
-    from perpo.model.modeling import checkpoint_fingerprint
-
-    local = checkpoint_fingerprint(name_or_path)
-    if local is not None:
-        return local
-    from transformers import AutoConfig
-
-    return f"{name_or_path}@{getattr(AutoConfig.from_pretrained(name_or_path), '_commit_hash', '')}"
-
-
-def reference_cache_key(model_fp: str, data_path: str | Path, args: PerPOArguments) -> dict:
-    data_sha = hashlib.sha256(Path(data_path).read_bytes()).hexdigest()
-    return {"model": model_fp, "data_sha256": data_sha, "n": args.n, "max_lists": args.max_lists}
-
-
-def precompute_reference(model, collator: ListCollator, records: list[dict], args: PerPOArguments, batch_size: int):
-    """Reference log-probs of every list (id → N floats) with the initial model, no gradient."""
-    from tqdm import tqdm
-
-    pad = collator.processor.tokenizer.pad_token_id
-    out = {}
-    model.eval()
-    with torch.no_grad():
-        for start in tqdm(range(0, len(records), batch_size), desc="reference log-probs", unit="batch"):
-            chunk = records[start : start + batch_size]
-            inputs = collator(chunk)
-            logps, _ = sequence_logps(model, inputs["batch"], layout=args.layout, pad_id=pad, pack=args.pack)
-            for record, row in zip(chunk, logps.tolist(), strict=True):
-                out[record["id"]] = row
-    return out
-
-
-def load_or_compute_reference(model, collator, records, args: PerPOArguments, batch_size: int) -> dict:
-    """Stored reference log-probs if their key matches this model and data; computed and stored otherwise."""
-    key = reference_cache_key(model_fingerprint(args.model_name_or_path), args.data, args)
-    default = Path(args.data).with_suffix(
-        f".ref-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]}.json"
-    )
-    path = Path(args.ref_logps_file) if args.ref_logps_file else default
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored.get("key") != key:
-            raise ConfigError(
-                f"{path}: reference log-probs were computed for another model or data "
-                f"(stored key {stored.get('key')}, this run {key}). Delete the file or point --ref_logps_file "
-                "elsewhere."
-            )
-        missing = [r["id"] for r in records if r["id"] not in stored["logps"]]
-        if missing:
-            raise ConfigError(f"{path}: no reference log-probs for ids {missing[:3]}…")
-        logger.info("reference log-probs loaded from %s", path)
-        return stored["logps"]
-    logps = precompute_reference(model, collator, records, args, batch_size)
-    write_json(path, {"key": key, "logps": logps})
-    logger.info("reference log-probs stored at %s", path)
-    return logps
-
-
-# ------------------------------------------------------------------------------------------- checks and resume
-
-
 def check_training_args(training_args: TrainingArguments) -> None:
     """Every float option finite, and the ranges that matter: non-finite values would train to NaN silently
     (`perpo train` and `perpo grpo`, whose GRPOConfig is a TrainingArguments)."""
@@ -443,131 +369,32 @@ def check_images(data: Path, records: list[dict], image_root: Path) -> None:
         checked.add(path)
 
 
-def checkpoint_problem(path: Path) -> str | None:
-    """Why `path` is not a complete Trainer checkpoint (None when it is): `trainer_state.json` is written last."""
-    if not path.is_dir():
-        return "not a folder"
-    try:
-        json.loads((path / "trainer_state.json").read_text())
-    except FileNotFoundError:
-        return "incomplete (no trainer_state.json: killed while saving?)"
-    except (OSError, ValueError):
-        return "incomplete (trainer_state.json is torn)"
-    weights = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-    if not any((path / name).is_file() for name in weights):
-        return "incomplete (no model or adapter weights)"
-    return None
-
-
-def latest_checkpoint(out: Path, quiet: bool = False) -> Path | None:
-    """The newest complete `checkpoint-N` in `out`; torn ones (a kill while saving) are skipped with a log line."""
-    found = sorted(
-        (p for p in out.glob("checkpoint-*") if p.name.removeprefix("checkpoint-").isdigit()),
-        key=lambda p: int(p.name.removeprefix("checkpoint-")),
-        reverse=True,
-    )
-    for path in found:
-        problem = checkpoint_problem(path)
-        if problem is None:
-            return path
-        if not quiet:
-            logger.warning("skipping %s: %s", path, problem)
-    return None
-
-
-def rerun_key(perpo_args: dict, training_args: dict, data_sha256: str | None) -> dict:
-    """What a resumed run must share with the run it continues (paths of side evaluations may change)."""
-    return {
-        "perpo": {k: v for k, v in perpo_args.items() if k not in SIDE_ARGS},
-        "training": {k: training_args.get(k) for k in TRAJECTORY_ARGS},
-        "data_sha256": data_sha256,
-    }
-
-
-def check_rerun(out: Path, key: dict) -> None:
-    """Refuse to continue a run in `out` that was made with other settings or data (when it left anything to
-    continue: a checkpoint or a finished run; a run stopped before its first checkpoint is simply started again)."""
-    if not (out / DONE_FILE).is_file() and not any(out.glob("checkpoint-*")):
-        return
-    try:
-        stored = json.loads((out / "train_config.json").read_text())
-        then = rerun_key(stored["PerPOArguments"], stored["TrainingArguments"], stored.get("data_sha256"))
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # nothing readable to compare with (a kill before the config was written)
-    if then == key:
-        return
-    changes = [
-        f"{name}: {then[part].get(name)!r} -> {key[part].get(name)!r}"
-        for part in ("perpo", "training")
-        for name in sorted(set(then[part]) | set(key[part]))
-        if then[part].get(name) != key[part].get(name)
-    ]
-    if then["data_sha256"] != key["data_sha256"]:
-        changes.append("the data file's content")
-    raise ConfigError(
-        f"{out} holds a run made with other settings ({'; '.join(changes)}). Resuming would mix two runs: rerun "
-        "with the original settings to resume, or pass a new --output_dir."
-    )
-
-
-def resume_point(out: Path, requested: str | None) -> Path | None:
-    """The checkpoint to resume from: PATH if given, else the newest complete one in `out` (None: start fresh).
-
-    `--resume_from_checkpoint true` asks for the newest and fails when there is none; without the flag a rerun
-    of the same command resumes by itself, as `perpo sample` and `perpo warmup` do.
-    """
-    if requested is not None and str(requested).lower() not in ("true", "1"):
-        path = Path(requested)
-        problem = checkpoint_problem(path)
-        if problem:
-            raise ConfigError(f"--resume_from_checkpoint {path}: {problem}. Pass a complete checkpoint-N folder.")
-        return path
-    found = latest_checkpoint(out) if out.is_dir() else None
-    if requested is not None and found is None:
-        raise ConfigError(f"--resume_from_checkpoint {requested}: no complete checkpoint-N in {out}")
-    return found
-
-
 # ------------------------------------------------------------------------------------------------- run
 
 
-def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks: list | None = None) -> Path:
-    """Load data and model, set up LoRA and the reference, train, save adapters (+ processor). Returns the output.
+def build_trainer(
+    args: PerPOArguments,
+    training_args: TrainingArguments,
+    records: list[dict],
+    image_root: Path,
+    *,
+    data_sha256: str,
+    heldout=None,
+    callbacks: list | None = None,
+) -> PerPOTrainer:
+    """The trainer of a run, ready to `.train()`: the model with LoRA (or the starting adapter), the reference its
+    loss needs, the collator over `records` (already checked, images under `image_root`).
 
-    `callbacks` (transformers `TrainerCallback`s) replace the console's dict printer and progress bar when given:
-    a caller that draws its own progress (the demo) passes them.
+    Writes no file but the precomputed reference's cache (`--reference precomputed`); tests and benchmarks build a
+    trainer with it and call `train()` or `compute_loss` themselves. `data_sha256` (the training file's SHA-256)
+    keys that cache; `heldout` is a `HeldoutEvaluator` or None; `callbacks` as in `run_train`.
     """
     from transformers import set_seed
 
-    from perpo.config import jsonable
-    from perpo.io import save_resolved
     from perpo.model.modeling import apply_lora, disable_dropout, frozen_copy, fuse_lora, load_model, load_processor
-    from perpo.training.heldout import HeldoutEvaluator
-
-    # Everything the user gave is checked before a model loads or anything is written.
-    check_training_args(training_args)
-    # the output folder gets adapter and processor files: it must not be the base model or the starting adapter
-    given = [args.model_name_or_path, args.init_adapter]
-    check_spares_inputs("--output_dir", training_args.output_dir, given)
-    data = Path(args.data)
-    # fails at start-up on short lists, bad fields or missing images
-    records, image_root = checked_records(data, "train", args.image_root, limit=args.max_lists, n=args.n)
-    heldout = HeldoutEvaluator.from_args(args, training_args, records)  # validates --eval_data at start-up
-    out = Path(training_args.output_dir)
-    data_sha256 = hashlib.sha256(data.read_bytes()).hexdigest()
-    key = rerun_key(jsonable(dataclasses.asdict(args)), jsonable(training_args.to_dict()), data_sha256)
-    check_rerun(out, key)
-    if (out / DONE_FILE).is_file():
-        logger.info("%s already holds this finished run (%s): nothing to do", out, DONE_FILE)
-        return out
-    resume = resume_point(out, training_args.resume_from_checkpoint)
-    if resume is not None:
-        logger.info("resuming from %s", resume)
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved(out, "train_config", args, training_args, extra={"data_sha256": data_sha256})
 
     set_seed(training_args.seed)  # before LoRA's random init, so a run is reproducible from its seed
-
+    method = METHODS[args.loss]
     processor = load_processor(args.model_name_or_path)
     model = load_model(args.model_name_or_path, dtype=args.dtype, attn_implementation=args.attn_implementation)
     model.train()
@@ -575,15 +402,16 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks:
     model.requires_grad_(False)
     model_family = family_of(model)
     collator = ListCollator(
-        processor, str(image_root), args.n, on_answers=METHODS[args.loss].on_answers,
+        processor, str(image_root), args.n, on_answers=method.on_answers,
         cache=args.cache_inputs and model_family.per_image_pixels, family=model_family,
     )  # fmt: skip
 
     ref_model = None
-    if METHODS[args.loss].needs_reference and args.reference == "precomputed":
-        ref = load_or_compute_reference(model, collator, records, args, training_args.per_device_train_batch_size)
-        collator.ref_logps = ref
-    elif METHODS[args.loss].needs_reference and args.reference == "copy":
+    if method.needs_reference and args.reference == "precomputed":
+        collator.ref_logps = load_or_compute_reference(
+            model, collator, records, args, training_args.per_device_train_batch_size, data_sha256
+        )
+    elif method.needs_reference and args.reference == "copy":
         if args.init_adapter:  # the reference is the starting policy: base + the adapter, merged
             ref_model = load_model(
                 args.model_name_or_path, dtype=args.dtype, adapter=args.init_adapter, merge_adapter=True
@@ -629,12 +457,51 @@ def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks:
     )
     trainer.heldout = heldout
     use_callbacks(trainer, callbacks)
+    return trainer
+
+
+def run_train(args: PerPOArguments, training_args: TrainingArguments, callbacks: list | None = None) -> Path:
+    """`perpo train`: check everything, build the trainer (`build_trainer`), train or resume, save the adapters
+    (+ processor) and `train_summary.json`. Returns the output folder.
+
+    `callbacks` (transformers `TrainerCallback`s) replace the console's dict printer and progress bar when given:
+    a caller that draws its own progress (the demo) passes them.
+    """
+    from perpo.config import jsonable
+    from perpo.io import save_resolved
+    from perpo.training.heldout import HeldoutEvaluator
+
+    # Everything the user gave is checked before a model loads or anything is written.
+    check_training_args(training_args)
+    # the output folder gets adapter and processor files: it must not be the base model or the starting adapter
+    given = [args.model_name_or_path, args.init_adapter]
+    check_spares_inputs("--output_dir", training_args.output_dir, given)
+    data = Path(args.data)
+    # fails at start-up on short lists, bad fields or missing images
+    records, image_root = checked_records(data, "train", args.image_root, limit=args.max_lists, n=args.n)
+    heldout = HeldoutEvaluator.from_args(args, training_args, records)  # validates --eval_data at start-up
+    out = Path(training_args.output_dir)
+    data_sha256 = hashlib.sha256(data.read_bytes()).hexdigest()
+    key = rerun_key(jsonable(dataclasses.asdict(args)), jsonable(training_args.to_dict()), data_sha256)
+    check_rerun(out, key)
+    if (out / DONE_FILE).is_file():
+        logger.info("%s already holds this finished run (%s): nothing to do", out, DONE_FILE)
+        return out
+    resume = resume_point(out, training_args.resume_from_checkpoint)
+    if resume is not None:
+        logger.info("resuming from %s", resume)
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(out, "train_config", args, training_args, extra={"data_sha256": data_sha256})
+
+    trainer = build_trainer(
+        args, training_args, records, image_root, data_sha256=data_sha256, heldout=heldout, callbacks=callbacks
+    )
     began = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if heldout:
         heldout.finish(trainer)
     trainer.save_model(str(out))
-    processor.save_pretrained(out)
+    trainer.processing_class.save_pretrained(out)
     summary = {"global_step": result.global_step, "training_loss": result.training_loss, "resumed_from": resume}
     write_json(out / DONE_FILE, jsonable(summary | {"seconds": time.perf_counter() - began}))
     return out

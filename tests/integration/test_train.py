@@ -330,3 +330,19 @@ def test_training_recipes_parse_and_name_existing_deepspeed_configs(recipe):
     assert args.lora_r == 128 and training.learning_rate == 5e-6
     deepspeed = load_yaml(recipe)["deepspeed"]
     assert (Path(__file__).parents[2] / deepspeed).is_file(), deepspeed
+
+
+@pytest.mark.parametrize("reference", ["adapter", "copy"])
+def test_build_trainer_builds_a_run_without_training_or_writing(reference, tiny_llava, listwise_data, tmp_path):
+    from perpo.training.trainer import build_trainer, checked_records
+
+    args = _args(tiny_llava, listwise_data, loss="perpo", reference=reference)
+    records, root = checked_records(Path(args.data), "train", None, n=N)
+    trainer = build_trainer(args, _training(tmp_path / "out"), records, root, data_sha256="x")
+    trained = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in name or "modules_to_save" in name for name in trained)
+    assert (trainer.ref_model is None) == (reference == "adapter")  # adapter: the policy with adapters off
+    batch = trainer.data_collator(records[:2])
+    loss = trainer.compute_loss(trainer.model, batch)
+    assert torch.isfinite(loss) and loss.requires_grad
+    assert not any((tmp_path / "out").rglob("*"))  # building writes nothing (transformers makes the folder)

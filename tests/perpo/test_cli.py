@@ -99,7 +99,7 @@ def test_counts_below_their_bound_are_usage_errors(argv, capsys):
 
 def test_resume_from_checkpoint_names_what_is_wrong(tmp_path):
     from perpo.config import ConfigError
-    from perpo.training.trainer import resume_point
+    from perpo.training.resume import resume_point
 
     assert resume_point(tmp_path / "fresh", None) is None  # nothing to resume: start afresh
     with pytest.raises(ConfigError, match="--resume_from_checkpoint true: no complete checkpoint-N in"):
@@ -114,7 +114,7 @@ def test_resume_from_checkpoint_names_what_is_wrong(tmp_path):
 
 def test_a_run_stopped_before_its_first_checkpoint_does_not_block_a_changed_rerun(tmp_path):
     from perpo.config import ConfigError
-    from perpo.training.trainer import check_rerun, rerun_key
+    from perpo.training.resume import check_rerun, rerun_key
 
     stored = {"PerPOArguments": {"beta": 0.1}, "TrainingArguments": {"learning_rate": 0.0}, "data_sha256": "x"}
     (tmp_path / "train_config.json").write_text(json.dumps(stored))

@@ -458,5 +458,5 @@ def _regenerate() -> None:
 if __name__ == "__main__":
     if sys.argv[1:] != ["--regenerate"]:
         raise SystemExit("usage: python tests/perpo/test_ocr_metrics.py --regenerate")
-    ocr._get_jieba_lcut()  # loads jieba quietly before the transcription imports it
+    ocr._jieba_lcut()  # loads jieba quietly before the transcription imports it
     _regenerate()

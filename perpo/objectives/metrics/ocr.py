@@ -55,7 +55,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
 from itertools import pairwise
 from typing import Any
 
@@ -74,23 +74,19 @@ METEOR_GAMMA = 0.5
 _CACHE_SIZE = 1 << 17  # distinct words kept per cache (stems, synonyms); a Fox run needs a few tens of thousands
 _TOKEN_CACHE_SIZE = 256  # jieba-cut pages kept (a few MB at most)
 
-_WORDNET_LOCK = threading.RLock()
-_wordnet: Any = None
-_JIEBA_LOCK = threading.Lock()
-_jieba_lcut: Callable[[str], list[str]] | None = None
-_STEMMER_LOCK = threading.Lock()
-_stem_fn: Callable[[str], str] | None = None
+_WORDNET_LOCK = threading.RLock()  # nltk's lazy corpus loader and the reader's file handles are not thread-safe
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Lazy, thread-safe loading of the third-party pieces
+# The third-party pieces, loaded once on first use (`functools.cache`; a failed load is retried on the next call)
 # --------------------------------------------------------------------------------------------------------------
+@cache
 def load_wordnet() -> Any:
-    """Load nltk's WordNet corpus reader once (thread-safe) and return it.
+    """nltk's WordNet corpus reader, loaded once.
 
-    Safe to call from many threads at once: the first caller loads the corpus under a lock while the others
-    wait; later calls return the loaded reader without locking. The corpus must already be installed
-    (`perpo setup` installs it offline on Debian, or `nltk.download("wordnet")`).
+    Safe to call from many threads at once: the corpus loads under a lock, so one thread loads it while the
+    others wait. The corpus must already be installed (`perpo setup` installs it offline on Debian, or
+    `nltk.download("wordnet")`).
 
     Returns:
         The loaded `nltk.corpus.reader.wordnet.WordNetCorpusReader`.
@@ -98,58 +94,43 @@ def load_wordnet() -> Any:
     Raises:
         LookupError: If nltk cannot find the WordNet corpus, with the command that installs it.
     """
-    global _wordnet
-    if _wordnet is not None:
-        return _wordnet
     with _WORDNET_LOCK:
-        if _wordnet is None:
-            from nltk.corpus import wordnet
+        from nltk.corpus import wordnet
 
-            try:
-                wordnet.ensure_loaded()
-            except LookupError as err:
-                raise LookupError(
-                    "METEOR needs nltk's WordNet corpus, which is not installed. Run `perpo setup` (offline on "
-                    "Debian-like systems) or `python -c \"import nltk; nltk.download('wordnet')\"`."
-                ) from err
-            logger.debug("loaded WordNet %s", wordnet.get_version())
-            _wordnet = wordnet
-    return _wordnet
+        try:
+            wordnet.ensure_loaded()
+        except LookupError as err:
+            raise LookupError(
+                "METEOR needs nltk's WordNet corpus, which is not installed. Run `perpo setup` (offline on "
+                "Debian-like systems) or `python -c \"import nltk; nltk.download('wordnet')\"`."
+            ) from err
+        logger.debug("loaded WordNet %s", wordnet.get_version())
+    return wordnet
 
 
-def _get_jieba_lcut() -> Callable[[str], list[str]]:
-    """jieba's `lcut`, with the dictionary loaded once (thread-safe) and its banner silenced."""
-    global _jieba_lcut
-    if _jieba_lcut is not None:
-        return _jieba_lcut
-    with _JIEBA_LOCK:
-        if _jieba_lcut is None:
-            import jieba
+@cache
+def _jieba_lcut() -> Callable[[str], list[str]]:
+    """jieba's `lcut`, with the dictionary loaded (jieba's `initialize` locks itself) and its banner silenced."""
+    import jieba
 
-            # jieba logs "Building prefix dict ..." at DEBUG through its own stderr handler, and sets its
-            # logger to DEBUG when imported: raise the level after the import, keep its warnings.
-            logging.getLogger("jieba").setLevel(logging.WARNING)
-            jieba.initialize()
-            _jieba_lcut = jieba.lcut
-    return _jieba_lcut
+    # jieba logs "Building prefix dict ..." at DEBUG through its own stderr handler, and sets its logger to DEBUG
+    # when imported: raise the level after the import, keep its warnings.
+    logging.getLogger("jieba").setLevel(logging.WARNING)
+    jieba.initialize()
+    return jieba.lcut
 
 
-def _get_stem() -> Callable[[str], str]:
-    """nltk's default `PorterStemmer().stem` (the stemmer `meteor_score` uses), created once."""
-    global _stem_fn
-    if _stem_fn is not None:
-        return _stem_fn
-    with _STEMMER_LOCK:
-        if _stem_fn is None:
-            from nltk.stem.porter import PorterStemmer
+@cache
+def _porter_stem() -> Callable[[str], str]:
+    """nltk's default `PorterStemmer().stem` (the stemmer `meteor_score` uses)."""
+    from nltk.stem.porter import PorterStemmer
 
-            _stem_fn = PorterStemmer().stem
-    return _stem_fn
+    return PorterStemmer().stem
 
 
 @lru_cache(maxsize=_CACHE_SIZE)
 def _stem(word: str) -> str:
-    return _get_stem()(word)
+    return _porter_stem()(word)
 
 
 @lru_cache(maxsize=_CACHE_SIZE)
@@ -189,7 +170,7 @@ def tokenize_pair(a: str, b: str) -> tuple[list[str], list[str]]:
 def _jieba_tokens(text: str) -> tuple[str, ...]:
     """jieba's words for `text`, cached: best-of-N evaluation scores N outputs against the same page, and
     jieba (about 5 ms per 1,000 characters) is the slowest step left on a Chinese page."""
-    return tuple(_get_jieba_lcut()(text))
+    return tuple(_jieba_lcut()(text))
 
 
 def normalized_edit_distance(a: str, b: str) -> float:
