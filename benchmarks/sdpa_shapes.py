@@ -1,6 +1,6 @@
 """Cost of one masked SDPA call when its shape changes from call to call, per attention backend (issue 18).
 
-The trainer's list-by-list attention (`perpo.model.logprobs._lists_attention`) calls `scaled_dot_product_attention`
+The trainer's list-by-list attention (`model.logprobs.attention._lists_attention`) calls `scaled_dot_product_attention`
 once per list with an additive tree mask, and every list has its own length, so almost every call has a shape not seen
 before. On an H200 (benchmarks/RESULTS.md) the tiny model's training step then spent ~47 ms in each SDPA call and
 ~1.5 s in backward, 7x slower than on two CPU cores, while the 7B benchmark, whose shapes repeat, did not show it.

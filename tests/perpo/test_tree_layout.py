@@ -143,7 +143,7 @@ def test_tree_flex_block_mask_attends_exactly_like_the_dense_mask():
 def test_lists_attention_changes_nothing_for_other_callers(family, tiny_spec):
     """After `use_lists_attention` and `_prune_last_layer`, a plain forward (padding mask, no spans, no kept rows)
     and generation give what they gave before."""
-    from perpo.model.logprobs import LISTS_ATTENTION, _prune_last_layer, use_lists_attention
+    from perpo.model.logprobs.attention import LISTS_ATTENTION, _prune_last_layer, use_lists_attention
 
     model, batch = _batch(family, tiny_spec)
     rows = [batch.prompt_ids[0], batch.prompt_ids[1] + batch.response_ids[1][0]]
@@ -170,7 +170,7 @@ def test_lists_attention_changes_nothing_for_other_callers(family, tiny_spec):
 def test_multimodal_positions_of_the_shared_layout_are_the_models_own(name, tiny_spec):
     """Qwen-VL (M-RoPE): every token of the shared layout sits where the model's own `get_rope_index` puts it in
     the response's separate sequence [prompt][response]; image prompts really are off the 1-D positions."""
-    from perpo.model.logprobs import _prompt_positions
+    from perpo.model.logprobs.batch import _prompt_positions
 
     model, batch = _batch(name, tiny_spec)
     family = FAMILY_OF[name]
