@@ -10,7 +10,6 @@
 - `reports.compare`: two runs → every shared metric with its change, per-sample wins and losses; `reports.gallery`
   draws the most-changed answers, `reports.comparison_folder` writes the comparison folder.
 - `reports.report`: a report config → one folder with tables, figures, the comparison and `index.md`.
-- `reports.stats`: paired bootstrap intervals over documents (the demo studies in `scripts/`).
 
 Command line: `python -m reports {report,compare,tables}` or `perpo report` / `perpo compare`.
 """

@@ -1,23 +1,18 @@
-"""scripts/demo_study_saturation.py's bookkeeping without training: the warm-up chain, the paired differences,
+"""perpo.studies.saturation's bookkeeping without training: the warm-up chain, the paired differences,
 the table and the figure (the whole study on one quick level runs in tests/integration/test_demo_ocr.py)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from perpo.io import write_json
+from perpo.studies import saturation
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("demo_study_saturation", ROOT / "scripts" / "demo_study_saturation.py")
-saturation = importlib.util.module_from_spec(_spec)
-sys.modules["demo_study_saturation"] = saturation
-_spec.loader.exec_module(saturation)
 
 
 def _warmed(folder: Path, steps: int, batch: int, parent: Path | None) -> Path:

@@ -1,11 +1,11 @@
-"""reports.stats: the paired bootstrap over documents behind the demo studies' intervals."""
+"""perpo.studies.stats: the paired bootstrap over documents behind the demo studies' intervals."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from reports.stats import bootstrap_gain, resample_counts, seed_resamples
+from perpo.studies.stats import bootstrap_gain, resample_counts, seed_resamples
 
 
 def _gain(after, before, replicates=2000, seed=0):

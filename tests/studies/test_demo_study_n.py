@@ -1,11 +1,9 @@
-"""scripts/demo_study_n.py --quick on a miniature demo folder: every cell trained and scored, the outputs, resuming."""
+"""perpo.studies.study_n --quick on a miniature demo folder: every cell trained and scored, the outputs, resuming."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,14 +12,12 @@ from PIL import Image
 from perpo.io import read_jsonl, save_resolved, write_jsonl
 from perpo.model.prompts import grounding_question
 from perpo.objectives.boxes import format_box, gt_box_in_frame
+from perpo.studies import study_n
 from perpo.studies.demo import DemoConfig
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("demo_study_n", ROOT / "scripts" / "demo_study_n.py")
-study_n = importlib.util.module_from_spec(_spec)
-sys.modules["demo_study_n"] = study_n
-_spec.loader.exec_module(study_n)
+
 LIST_SIZE = 6  # what a `perpo demo --quick` samples per instruction
 
 

@@ -1,21 +1,16 @@
-"""scripts/demo_seeds.py: paired bootstrap intervals over test documents, the results JSON and the README block."""
+"""perpo.studies.seeds: paired bootstrap intervals over test documents, the results JSON and the marked doc block."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("demo_seeds", ROOT / "scripts" / "demo_seeds.py")
-demo_seeds = importlib.util.module_from_spec(_spec)
-sys.modules["demo_seeds"] = demo_seeds  # dataclasses look their module up there
-_spec.loader.exec_module(demo_seeds)
+from perpo.studies import seeds as demo_seeds
 
+ROOT = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------------------------------------- demo folders
 

@@ -1,8 +1,9 @@
 """Paired bootstrap over documents: the 95% intervals of the demo studies.
 
-Used by scripts/demo_seeds.py and scripts/demo_study_saturation.py, both with seeds pooled. The documents are what
-a replicate resamples: seeds scored on the same documents share one draw (`seed_resamples`), so a replicate that
-leaves a document out leaves it out of every seed, and the spread between documents is not averaged away.
+Used by `seeds` and `saturation` (scripts/demo_seeds.py, scripts/demo_study_saturation.py), seeds pooled. The
+documents are what a replicate resamples: seeds scored on the same documents share one draw (`seed_resamples`), so
+a replicate that leaves a document out leaves it out of every seed, and the spread between documents is not
+averaged away.
 """
 
 from __future__ import annotations
