@@ -10,6 +10,7 @@ and the two answers, the words only the base has struck through in red and those
 from __future__ import annotations
 
 import difflib
+import functools
 import html
 import re
 from collections.abc import Sequence
@@ -171,35 +172,60 @@ ins { color: #1e5aff; background: #e8eefd; text-decoration: none; }
 </style>"""
 
 
+# The two pages, as jinja2 templates (autoescaped: labels, ids and texts are data, never markup).
+OCR_PAGE = """\
+<!DOCTYPE html><html><head><meta charset='utf-8'><title>{{ title }}</title>{{ style }}
+</head><body><h1>{{ title }}</h1>
+<p><del>red, struck</del>: only in {{ labels[0] }}; <ins>blue</ins>: only in {{ labels[1] }}. \
+Edit distance: lower is better.</p>
+{% for e in examples -%}
+<div class='example'><h3>{{ e.task }} · {{ e.id }}: edit distance {{ e.scores }} ({{ e.outcome }})</h3>\
+<div class='texts'><div><b>page</b><br>\
+{% if e.page %}<img class='page' src='{{ e.page }}' alt='page {{ e.id }}'>\
+{% else %}<i>page image not found</i>{% endif %}\
+</div><div><b>reference</b><pre>{{ e.reference }}</pre></div>\
+<div><b>{{ labels[0] }}</b><pre>{{ e.left }}</pre></div>\
+<div><b>{{ labels[1] }}</b><pre>{{ e.right }}</pre></div></div></div>
+{% endfor -%}
+</body></html>"""
+
+INDEX_PAGE = """\
+<!DOCTYPE html><html><head><meta charset='utf-8'><title>gallery</title><style>figure{display:inline-block;\
+margin:.5em;vertical-align:top}</style></head><body><h1>Answers that changed: {{ labels[0] }} → {{ labels[1] }}</h1>\
+<p>ground truth <b style='color:rgb{{ colours.gt }}'>green</b>, {{ labels[0] }} \
+<b style='color:rgb{{ colours.base }}'>red</b>, {{ labels[1] }} <b style='color:rgb{{ colours.after }}'>blue</b></p>\
+{% if ocr %}<p><a href='ocr.html'>OCR answers that changed</a></p>{% endif %}\
+{% for c in cards %}<figure><img src='{{ c.png }}' alt='{{ c.id }}'><figcaption>{{ c.task }} · {{ c.id }}: \
+{{ c.outcome }}, IoU {{ c.scores }}</figcaption></figure>{% endfor %}</body></html>
+"""
+
+
+@functools.cache
+def _template(source: str):
+    import jinja2
+
+    return jinja2.Environment(autoescape=True, keep_trailing_newline=True).from_string(source)
+
+
 def ocr_gallery_html(
     rows: pd.DataFrame, labels: tuple[str, str], title: str, pages: Sequence[str | None] | None = None
 ) -> str:
     """An HTML page: per page id the page image (`pages`: one file name per row beside the page, None when it was
     not found), the reference, the base answer and the after answer, differences highlighted."""
+    from markupsafe import Markup
+
     pages = list(pages) if pages is not None else [None] * len(rows)
-    parts = [
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{OCR_STYLE}",
-        f"</head><body><h1>{html.escape(title)}</h1>",
-        f"<p><del>red, struck</del>: only in {html.escape(labels[0])}; <ins>blue</ins>: only in "
-        f"{html.escape(labels[1])}. Edit distance: lower is better.</p>",
-    ]
+    examples = []
     for row, page in zip(rows.itertuples(index=False), pages, strict=True):
         left, right = diff_html(row.base_answer, row.after_answer)
-        image = (
-            f"<img class='page' src='{html.escape(page)}' alt='page {html.escape(str(row.id))}'>"
-            if page
-            else "<i>page image not found</i>"
-        )
-        parts.append(
-            f"<div class='example'><h3>{html.escape(row.task)} · {html.escape(str(row.id))}: edit distance "
-            f"{row.base_score:.3f} → {row.after_score:.3f} ({row.outcome})</h3><div class='texts'>"
-            f"<div><b>page</b><br>{image}</div>"
-            f"<div><b>reference</b><pre>{html.escape(row.reference)}</pre></div>"
-            f"<div><b>{html.escape(labels[0])}</b><pre>{left}</pre></div>"
-            f"<div><b>{html.escape(labels[1])}</b><pre>{right}</pre></div></div></div>"
-        )
-    parts.append("</body></html>")
-    return "\n".join(parts)
+        examples.append(
+            {
+                "task": row.task, "id": str(row.id), "outcome": row.outcome, "page": page,
+                "reference": row.reference, "scores": f"{row.base_score:.3f} → {row.after_score:.3f}",
+                "left": Markup(left), "right": Markup(right),
+            }
+        )  # fmt: skip
+    return _template(OCR_PAGE).render(title=title, style=Markup(OCR_STYLE), labels=labels, examples=examples)
 
 
 def _find_image(
@@ -233,11 +259,8 @@ def write_gallery(
         path = _find_image(comparison, series, image_roots, "image", "drawn on a grey canvas (pass --image_root)")
         png = draw_grounding_example(series, path, out / f"{_safe(row.task)}__{_safe(str(row.id))}.png", labels)
         written["grounding"].append(png)
-        cards.append(
-            f"<figure><img src='{html.escape(png.name)}' alt='{html.escape(str(row.id))}'><figcaption>"
-            f"{html.escape(row.task)} · {html.escape(str(row.id))}: {row.outcome}, IoU {row.base_score:.2f} → "
-            f"{row.after_score:.2f}</figcaption></figure>"
-        )
+        scores = f"{row.base_score:.2f} → {row.after_score:.2f}"
+        cards.append({"png": png.name, "id": str(row.id), "task": row.task, "outcome": row.outcome, "scores": scores})
     ocr_rows = gallery_rows(comparison.samples, "ocr", size)
     if not ocr_rows.empty:
         pages = []
@@ -259,18 +282,9 @@ def write_gallery(
         written["ocr"].insert(0, page)
     if cards or written["ocr"]:
         index = out / "index.html"
-        ocr_link = "<p><a href='ocr.html'>OCR answers that changed</a></p>" if written["ocr"] else ""
-        legend = (
-            f"<p>ground truth <b style='color:rgb{GT_COLOUR}'>green</b>, {html.escape(labels[0])} "
-            f"<b style='color:rgb{BASE_COLOUR}'>red</b>, {html.escape(labels[1])} "
-            f"<b style='color:rgb{AFTER_COLOUR}'>blue</b></p>"
-        )
+        colours = {"gt": str(GT_COLOUR), "base": str(BASE_COLOUR), "after": str(AFTER_COLOUR)}
+        page = _template(INDEX_PAGE).render(labels=labels, colours=colours, ocr=bool(written["ocr"]), cards=cards)
         with atomic_open(index, "w", encoding="utf-8") as handle:
-            handle.write(
-                "<!DOCTYPE html><html><head><meta charset='utf-8'><title>gallery</title><style>figure{display:"
-                "inline-block;margin:.5em;vertical-align:top}</style></head><body>"
-                f"<h1>Answers that changed: {html.escape(labels[0])} → {html.escape(labels[1])}</h1>{legend}"
-                f"{ocr_link}{''.join(cards)}</body></html>\n"
-            )
+            handle.write(page)
         written["index"].append(index)
     return written

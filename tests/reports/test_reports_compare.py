@@ -17,7 +17,7 @@ from report_helpers import AFTER, BASE, GOLDEN, IMAGES, RAW, trained_copy
 
 from perpo.cli import main
 from reports.cli import main as reports_main
-from reports.gallery import BASE_COLOUR, GT_COLOUR, diff_html
+from reports.gallery import BASE_COLOUR, GT_COLOUR, diff_html, ocr_gallery_html
 
 LINK = re.compile(r"\]\(([^)#\s]+)\)")
 HTML_LINK = re.compile(r"(?:src|href)='([^']+)'")
@@ -300,3 +300,18 @@ def test_the_ocr_gallery_shows_each_page_beside_the_transcriptions(tmp_path):
     assert main(["compare", str(BASE), str(AFTER), "--out", str(bare), "--image_roots", str(IMAGES)]) == 0
     ocr = (bare / "gallery" / "ocr.html").read_text(encoding="utf-8")
     assert ocr.count("page image not found") == 2 and ocr.count("class='example'") == 2
+
+
+def test_the_ocr_page_escapes_labels_ids_and_texts_and_keeps_the_diff_markup():
+    import pandas as pd
+
+    rows = pd.DataFrame(
+        [{"task": "fox<en>", "id": "p&1", "outcome": "win", "reference": "a <b> c", "base_answer": "a <x> c",
+          "after_answer": "a <b> c", "base_score": 0.5, "after_score": 0.0}]
+    )  # fmt: skip
+    page = ocr_gallery_html(rows, ("base & co", "<PerPO>"), "t<i>tle", [None])
+    assert "<title>t&lt;i&gt;tle</title>" in page and "only in base &amp; co;" in page
+    assert "fox&lt;en&gt; · p&amp;1: edit distance 0.500 → 0.000 (win)" in page
+    assert "<pre>a &lt;b&gt; c</pre>" in page  # the reference
+    assert "<pre>a <del>&lt;x&gt;</del> c</pre>" in page and "<pre>a <ins>&lt;b&gt;</ins> c</pre>" in page
+    assert "<b>&lt;PerPO&gt;</b>" in page and "<i>page image not found</i>" in page
