@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from perpo.config import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 ASSET = ROOT / "perpo" / "assets" / "tiny_llava_base"
 TASK = "perpo_synth_val"
@@ -36,14 +38,7 @@ def machine(device: str, threads: int) -> str:
 
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(0)} ({platform.node()})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return f"{cpu}, {os.cpu_count()} cores, torch threads {threads} ({platform.node()})"
 
 

@@ -28,6 +28,7 @@ import warnings
 from collections.abc import Callable
 from importlib.metadata import version
 
+from perpo.config import cpu_model
 from perpo.objectives.metrics import ocr
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -223,14 +224,7 @@ def timed(fn: Callable[[], object]) -> float:
 # Report
 # ----------------------------------------------------------------------------------------------------------------
 def machine_description() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            models = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
-        if models:
-            cpu = models[0]
-    except OSError:
-        pass
+    cpu = cpu_model()
     load = ""
     if hasattr(os, "getloadavg"):  # Unix only; the machine may be shared, so the load matters
         load = ", load average " + " ".join(f"{value:.2f}" for value in os.getloadavg())

@@ -17,9 +17,10 @@ Prints one row per backend: ms per call with a fixed shape, with a new shape eac
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
+
+from perpo.config import cpu_model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             "cudnn": [SDPBackend.CUDNN_ATTENTION],
             "no-cudnn": [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH],
         }
-    name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(0) if device == "cuda" else cpu_model()
     print(
         f"sdpa_shapes: {name}, torch {torch.__version__}, {dtype}, heads {args.heads}, head_dim {args.head_dim}, "
         f"lengths {low}-{high}, {args.calls} timed calls each (forward + backward, additive causal mask)"

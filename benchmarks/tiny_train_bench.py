@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.train_bench import cpu_model  # noqa: E402  (the machine line both benchmarks print)
+from perpo.config import cpu_model  # noqa: E402  (the machine line every benchmark prints)
 
 PATHS = {
     "today": dict(layout="shared", cache_reference=False, cache_inputs=False, fuse_lora=False),

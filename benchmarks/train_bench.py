@@ -49,6 +49,8 @@ import traceback
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from perpo.config import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -91,16 +93,6 @@ ANSWER_WORDS = "the red circle above a small blue square next to the large green
 # --------------------------------------------------------------------------------------------------- machine
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(device: str, threads: int) -> dict:
     """What the numbers were measured on. Touches no CUDA API when `device` is cpu (children may be forked)."""
     import peft
@@ -141,14 +133,6 @@ def machine_info(device: str, threads: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ model, data
-
-
-def resolve_dtype(name: str, device: str):
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 def build_llava(spec, device: str, dtype, attn: str):
@@ -331,6 +315,7 @@ def setup_worker(cfg: dict):
     import torch
 
     from perpo.embedded.tiny import TinySpec, build_processor
+    from perpo.model.modeling import resolve_dtype
 
     torch.set_num_threads(cfg["threads"])
     spec = TinySpec(**cfg["spec"])
@@ -922,6 +907,8 @@ def main(argv: list[str] | None = None) -> int:
         f"peft {info['peft']}, trl {info['trl']}; {args.threads} torch threads per worker, {isolation}ed "
         f"workers"
     )
+    from perpo.model.modeling import resolve_dtype
+
     dtype = str(resolve_dtype(args.dtype, args.device)).removeprefix("torch.")
     print(
         f"model: {size} LLaVA-1.5 shape ({args.device}, {dtype}, {args.attn}, random weights): "

@@ -13,6 +13,7 @@ import difflib
 import json
 import math
 import operator
+import os
 import platform
 import subprocess
 import sys
@@ -190,6 +191,17 @@ def parse_command(
     return tuple(parsed)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what `platform` knows): what a timing was measured on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run_metadata() -> dict[str, Any]:
     """Git SHA, package versions and machine: written beside every result so a run can be traced."""
     from importlib import metadata
@@ -213,7 +225,7 @@ def run_metadata() -> dict[str, Any]:
         "git_sha": sha,
         "versions": versions,
         "python": sys.version.split()[0],
-        "machine": f"{platform.platform()} ({platform.processor() or platform.machine()})",
+        "machine": f"{platform.platform()} ({cpu_model()}, {os.cpu_count()} logical CPUs)",
         "argv": sys.argv,
     }
 

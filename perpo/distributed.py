@@ -3,6 +3,9 @@
 perpo does not launch distributed jobs itself except `--processes K` on one machine; it reads what the common
 launchers (`torchrun`, `accelerate launch`, `deepspeed`, SLURM wrappers that export the same variables) put in the
 environment: `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, and `MASTER_ADDR` when the ranks can meet through torch.distributed.
+It reads them itself rather than through accelerate's `PartialState`, which initialises a process group as a
+side effect: the shards of `perpo sample` run without one (each rank writes its own part file), and only a run
+whose ranks can meet opens one, with gloo, for two barriers.
 """
 
 from __future__ import annotations

@@ -113,19 +113,28 @@ def count_lines(path: str | os.PathLike) -> int:
     return sum(1 for _, line in text_lines(path) if line.strip())
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL file; a malformed line or a byte that is not UTF-8 raises ConfigError naming the file and the
-    line number."""
+def jsonl_objects(path: str | os.PathLike, error: type[Exception] = ConfigError) -> Iterator[tuple[int, dict]]:
+    """`(line number, object)` of every non-blank line of a JSONL file: the one JSONL reader of the project.
 
-    rows = []
+    Raises:
+        `error` (ConfigError unless given): a line that is not JSON (a truncated last line, typically) or not a
+            JSON object, naming the file and the line; `text_lines`' errors for a folder or a byte not UTF-8.
+    """
     for number, line in text_lines(path):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ConfigError(f"{path}:{number}: not valid JSON ({err.msg})") from err
-    return rows
+            raise error(f"{path}:{number}: not valid JSON ({err.msg}; a truncated line?)") from err
+        if not isinstance(row, dict):
+            raise error(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        yield number, row
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The objects of a JSONL file, in order (`jsonl_objects`' errors)."""
+    return [row for _, row in jsonl_objects(path)]
 
 
 def utf8_text(path: str | os.PathLike) -> str:

@@ -23,9 +23,10 @@ from typing import Any
 import pandas as pd
 
 from perpo.config import ConfigError
+from perpo.io import jsonl_objects, read_jsonl
 from perpo.objectives.losses import METHODS
 from reports.catalog import direction, metric_info
-from reports.result_files import discover, read_jsonl, read_results, run_metadata
+from reports.result_files import discover, read_results, run_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -147,11 +148,11 @@ class Run:
     def samples(self, task: str) -> list[dict]:
         """The logged samples of `task` (one dict per document), or [] if the run has no samples file for it."""
         path = self.samples_files.get(task)
-        return [] if path is None else list(read_jsonl(path))
+        return [] if path is None else read_jsonl(path)
 
     def first_sample(self, task: str) -> dict | None:
         path = self.samples_files.get(task)
-        return None if path is None else next(read_jsonl(path), None)
+        return None if path is None else next((row for _, row in jsonl_objects(path)), None)
 
 
 @dataclass

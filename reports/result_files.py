@@ -24,7 +24,6 @@ A results, samples or metadata file that is not valid JSON of the expected shape
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,15 +77,13 @@ def _kind(value: Any) -> str:
     return "null" if value is None else JSON_KINDS.get(type(value), "an object")
 
 
-def _parse_json(text: str, where: str, line: int | None = None) -> Any:
-    """`text` parsed, or ConfigError naming `where` (a file, or with `line` a JSONL line of it)."""
+def _parse_json(text: str, where: str) -> Any:
+    """`text` parsed, or ConfigError naming the file `where`."""
     if not text.strip():
         raise ConfigError(f"{where}: empty (the run that wrote it was interrupted? run it again)")
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        if line is not None:
-            raise ConfigError(f"{where}:{line}: not valid JSON (truncated?): {err.msg}") from err
         raise ConfigError(f"{where}: not valid JSON (truncated?) at line {err.lineno}: {err.msg}") from err
 
 
@@ -110,23 +107,6 @@ def read_results(path: Path) -> dict[str, Any]:
             if not isinstance(values, dict):
                 raise ConfigError(f"{path}: {key}[{task!r}] is {_kind(values)}, expected a mapping of metric: value")
     return data
-
-
-def read_jsonl(path: Path) -> Iterator[dict]:
-    """The objects of a JSONL file (blank lines skipped).
-
-    Raises:
-        ConfigError: a line that is not a JSON object (names the file and line).
-    """
-    from perpo.io import text_lines
-
-    for number, line in text_lines(path):
-        if not line.strip():
-            continue
-        row = _parse_json(line, str(path), number)
-        if not isinstance(row, dict):
-            raise ConfigError(f"{path}:{number}: expected a JSON object, got {_kind(row)}")
-        yield row
 
 
 def _read_json(path: Path) -> dict | None:

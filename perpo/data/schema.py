@@ -151,18 +151,12 @@ def validate_record(
 
 def iter_records(path: str | Path, *, stage: str = "train", n: int | None = None) -> Iterator[dict]:
     """Read and validate a JSONL file of records, line by line."""
-    from perpo.io import text_lines
+    from perpo.io import jsonl_objects
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {path} not found")
-    for number, text in text_lines(path):
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise RecordError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+    for number, record in jsonl_objects(path, RecordError):
         yield validate_record(record, stage=stage, n=n, source=str(path), line=number)
 
 

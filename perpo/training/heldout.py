@@ -35,6 +35,7 @@ from typing import Any
 
 from perpo.config import ConfigError
 from perpo.data.schema import resolve_image, validate_record
+from perpo.io import jsonl_objects
 
 logger = logging.getLogger(__name__)
 
@@ -124,27 +125,18 @@ def load_eval_rows(path: str | Path, image_root: str | Path | None = None, limit
         raise ConfigError(f"--eval_data {path} not found")
     root = Path(image_root) if image_root else path.parent
     rows: list[dict] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if limit is not None and len(rows) >= limit:
-                break
-            if not text.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{where}: not valid JSON ({err.msg})") from err
-            if not isinstance(obj, dict):
-                raise ConfigError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            is_record = "task" in obj or "question" in obj
-            row = _record_row(obj, root, path, number) if is_record else _flat_row(obj, root, where)
-            if not Path(row["image"]).is_file():
-                raise ConfigError(
-                    f"{where}: image {row['image']} not found (relative paths resolve against {root}; "
-                    "see --eval_image_root)"
-                )
-            rows.append(row)
+    for number, obj in jsonl_objects(path):
+        if limit is not None and len(rows) >= limit:
+            break
+        where = f"{path}:{number}"
+        is_record = "task" in obj or "question" in obj
+        row = _record_row(obj, root, path, number) if is_record else _flat_row(obj, root, where)
+        if not Path(row["image"]).is_file():
+            raise ConfigError(
+                f"{where}: image {row['image']} not found (relative paths resolve against {root}; "
+                "see --eval_image_root)"
+            )
+        rows.append(row)
     if not rows:
         raise ConfigError(f"{path}: no held-out rows")
     return rows
