@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from lmms_tasks.bestofk import best_of_n_summary
 from lmms_tasks.images import blank_like, expand2square, open_image
+from perpo.model.families import LLAVA, QWEN2_5_VL, QWEN3_VL
 from perpo.model.families.qwen2_5_vl import resized_size
 from perpo.model.prompts import (
     GROUNDING_QUESTION,
@@ -130,21 +131,17 @@ def _record(doc: dict, frame: str) -> dict:
     }
 
 
-BOXES = ("norm", "qwen_pixels", "qwen_relative")
-"""How an answer writes its box: normalised to [0, 1] (LLaVA), absolute pixels of the `qwen_pixels` image
-(Qwen2.5-VL), or relative on a 0-1000 grid (Qwen3-VL)."""
+BOXES = {"norm": LLAVA, "qwen_pixels": QWEN2_5_VL, "qwen_relative": QWEN3_VL}
+"""How an answer writes its box, and the family that writes it so (`Family.read_box` reads it): normalised to
+[0, 1] (LLaVA), absolute pixels of the `qwen_pixels` image (Qwen2.5-VL), or relative on a 0-1000 grid (Qwen3-VL)."""
 
 
 def read_answer_box(response: str, boxes: str = "norm", pixels: tuple[int, int] | None = None):
-    """The first box of an answer, normalised (`perpo.objectives.boxes.parse_box`), read the way `boxes` says it is
-    written (`pixels`: the `qwen_pixels` size, for `qwen_pixels`)."""
-    if boxes == "qwen_pixels":
-        return parse_box(response, fmt="pixel", size=pixels)
-    if boxes == "qwen_relative":
-        return parse_box(response, fmt="qwen")
-    if boxes != "norm":
+    """The first box of an answer, normalised, read the way `boxes` says it is written (`pixels`: the `qwen_pixels`
+    size, for `qwen_pixels`)."""
+    if boxes not in BOXES:
         raise ValueError(f"unknown box convention {boxes!r}; valid: {', '.join(BOXES)}")
-    return parse_box(response)
+    return BOXES[boxes].read_box(response, pixels)
 
 
 def process_results(doc: dict, results: Sequence[str], *, frame: str, boxes: str = "norm") -> dict:

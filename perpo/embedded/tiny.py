@@ -275,7 +275,6 @@ def save_tiny_model(out: Path, spec: TinySpec = TinySpec(), model=None) -> Path:
     return out
 
 
-FAMILIES = ("llava", "llava_next", "llava_onevision", "qwen2_5_vl", "qwen3_vl")
 QWEN_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 QWEN_CHAT_TEMPLATE = CHAT_TEMPLATE.replace("<image>\n", "<|vision_start|><|image_pad|><|vision_end|>\n")
 QWEN_PATCH = 14
@@ -407,27 +406,11 @@ def build_qwen3_vl(spec: TinySpec = TinySpec()):
     )  # fmt: skip
 
 
-def build_family(family: str, spec: TinySpec = TinySpec()):
-    """A tiny random model + processor of another family (LLaVA anyres tiling, Qwen2.5-VL), for tests and benchmarks.
-
-    Each family's processor is its public checkpoint's (`PUBLIC_IMAGE_PROCESSORS`, scaled to `spec.image_size`):
-    `llava_next` and `llava_onevision` tile the image at the public grids, so the number of image tokens depends
-    on the image's size, as in the real models.
-
-    Returns:
-        (model, processor)
-    """
+def _build_llava_anyres(family: str, spec: TinySpec):
+    """A tiny LLaVA-NeXT or LLaVA-OneVision: the tiny LLaVA's towers, tiled at the public checkpoint's grids."""
     import torch
     import transformers
 
-    if family == "llava":
-        return build_model(spec), build_processor(spec)
-    if family == "qwen2_5_vl":
-        return build_qwen2_5_vl(spec)
-    if family == "qwen3_vl":
-        return build_qwen3_vl(spec)
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     image_processor = public_image_processor(family, spec.image_size)
     base = build_config(spec)
     vocab = build_vocab()
@@ -473,3 +456,29 @@ def build_family(family: str, spec: TinySpec = TinySpec()):
             chat_template=CHAT_TEMPLATE,
         )
     return model, processor
+
+
+TINY_BUILDERS = {
+    "llava": lambda spec: (build_model(spec), build_processor(spec)),
+    "llava_next": lambda spec: _build_llava_anyres("llava_next", spec),
+    "llava_onevision": lambda spec: _build_llava_anyres("llava_onevision", spec),
+    "qwen2_5_vl": build_qwen2_5_vl,
+    "qwen3_vl": build_qwen3_vl,
+}
+"""The tiny model of each family of `perpo.model.families` (a test fails when a registered family has none)."""
+FAMILIES = tuple(TINY_BUILDERS)
+
+
+def build_family(family: str, spec: TinySpec = TinySpec()):
+    """A tiny random model + processor of a family (`TINY_BUILDERS`), for tests and benchmarks.
+
+    Each family's processor is its public checkpoint's (`PUBLIC_IMAGE_PROCESSORS`, scaled to `spec.image_size`):
+    `llava_next` and `llava_onevision` tile the image at the public grids, so the number of image tokens depends
+    on the image's size, as in the real models.
+
+    Returns:
+        (model, processor)
+    """
+    if family not in TINY_BUILDERS:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    return TINY_BUILDERS[family](spec)

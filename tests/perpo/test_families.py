@@ -102,3 +102,22 @@ def test_each_family_writes_boxes_its_parser_reads_back(built):
         assert family.write_box(box).startswith('[{"bbox_2d": [')
     assert parse_box(family.write_box(box)) == pytest.approx(box)
     assert "{expression}" in family.grounding_template
+
+
+# The frame each family's answers are in for a 200 x 100 image (None: normalised to [0, 1]).
+ANSWER_UNITS = {
+    "llava": None,
+    "llava_next": None,
+    "llava_onevision": None,
+    "qwen2_5_vl": (200, 100),
+    "qwen3_vl": (1000, 1000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_each_family_reads_back_the_box_it_writes(name):
+    family, units = FAMILIES[name], ANSWER_UNITS[name]
+    box = (0.25, 0.125, 0.75, 0.625)
+    written = family.write_box(box if units is None else tuple(v * units[i % 2] for i, v in enumerate(box)))
+    assert family.read_box(written, units) == pytest.approx(box, abs=0.01)  # answers round to 2 digits or 1 px
+    assert family.read_box("no box here", units) is None

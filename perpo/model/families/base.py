@@ -8,7 +8,7 @@ from typing import Any
 
 from perpo.config import ConfigError
 from perpo.model.prompts import GROUNDING_QUESTION
-from perpo.objectives.boxes import Box, format_box
+from perpo.objectives.boxes import Box, format_box, parse_box
 
 FAMILIES: dict[str, Family] = {}
 
@@ -103,6 +103,11 @@ class Family:
     def write_box(self, box: Box) -> str:
         """An answer as the family writes it, for a box in its units (normalised, or pixels of `answer_pixels`)."""
         return format_box(box)
+
+    def read_box(self, response: str, pixels: tuple[int, int] | None = None) -> Box | None:
+        """The first box of an answer written the family's way, normalised to [0, 1] (None when none parses);
+        `pixels`: the `answer_pixels` size a `pixel_boxes` family's numbers are in."""
+        return parse_box(response)
 
     def images_encoded_once(self, model, n: int):
         """A context in which `generate` encodes each image once although the batch repeats it in `n` rows (the

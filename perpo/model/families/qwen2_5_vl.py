@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from perpo.model.families.base import Family, register, unwrap
 from perpo.model.prompts import QWEN_GROUNDING_QUESTION
-from perpo.objectives.boxes import Box
+from perpo.objectives.boxes import Box, parse_box
 
 QWEN_FACTOR = 28
 """Qwen2.5-VL's resize grid: 14-pixel patches, merged 2 x 2."""
@@ -119,6 +119,9 @@ class QwenVLFamily(Family):
 
     def write_box(self, box: Box) -> str:
         return json.dumps([{"bbox_2d": [round(v) for v in box]}])
+
+    def read_box(self, response: str, pixels: tuple[int, int] | None = None) -> Box | None:
+        return parse_box(response, fmt="pixel", size=pixels)
 
     def text_inputs(self, config, input_ids) -> dict:
         return {"mm_token_type_ids": (input_ids == config.image_token_id).int()}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from perpo.model.families.base import register
 from perpo.model.families.qwen2_5_vl import QwenVLFamily
-from perpo.objectives.boxes import QWEN_SCALE
+from perpo.objectives.boxes import QWEN_SCALE, Box, parse_box
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,9 @@ class Qwen3VLFamily(QwenVLFamily):
     def answer_pixels(self, processor, width: int, height: int) -> tuple[int, int]:
         """Qwen3-VL's relative 0-1000 grid, whatever the image's size."""
         return int(QWEN_SCALE), int(QWEN_SCALE)
+
+    def read_box(self, response: str, pixels: tuple[int, int] | None = None) -> Box | None:
+        return parse_box(response, fmt="qwen")  # the 0-1000 grid, whatever the image's size
 
     def trained_modules(self, config) -> list[str]:
         deepstack = len(getattr(config.vision_config, "deepstack_visual_indexes", ()))
