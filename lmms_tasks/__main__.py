@@ -22,6 +22,19 @@ def main() -> None:
     from lmms_eval.cli.dispatch import main as lmms_eval_main
 
     lmms_eval_main()
+    _leave_the_process_group()
+
+
+def _leave_the_process_group() -> None:
+    """Under a multi-process launch: wait until every rank is done (rank 0 writes the results last), then close
+    torch.distributed's group. lmms-eval leaves it open, and a rank whose gloo group is torn down at interpreter
+    exit can abort ("terminate called without an active exception"), which makes the launcher kill rank 0 before
+    its results are written."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -34,35 +34,35 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import glob
 import json
 import logging
 import os
-import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 from perpo.config import ConfigError, check_numbers, check_spares_inputs, opt, run_metadata
-from perpo.data.schema import RecordError, dump_record, load_records, rebase_image, resolve_image, validate_record
+from perpo.data.schema import RecordError, dump_record, load_records, rebase_image, resolve_image
 from perpo.model.modeling import (
     DTYPES,
-    checkpoint_fingerprint,
-    load_model,
     load_processor,
     resolve_device,
     resolve_dtype,
 )
+from perpo.sampling.backends import BACKENDS, GenerationBackend, SampleRequest
+from perpo.sampling.resume import (
+    _file_settings,
+    check_settings,
+    finished_ids,
+    recover_output,
+    sampled_record,
+    sampler_settings,
+    settings_path,
+)
+from perpo.sampling.shards import find_parts, merge_parts, part_path
 
 logger = logging.getLogger(__name__)
-
-SETTINGS_SUFFIX = ".sampler.json"
-# Fields an instruction record carries that sampling replaces (so a samples file can be re-sampled).
-_SAMPLED_FIELDS = ("responses", "rewards", "reward", "sampler")
-# A finished record must still match its instruction on these fields, or the instruction file has changed.
-_INSTRUCTION_FIELDS = ("task", "image", "question", "answer", "target", "frame")
 
 
 @dataclass
@@ -123,232 +123,6 @@ class SampleConfig:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.temperature == 0 and self.n > 1:
             logger.warning("temperature 0 is greedy decoding: all %d responses of a list will be identical", self.n)
-
-
-@dataclass(frozen=True)
-class SampleRequest:
-    """One instruction as a backend sees it: a stable key (the record id), the question, the image file or None."""
-
-    key: str
-    question: str
-    image: Path | None
-
-
-class GenerationBackend(Protocol):
-    """What `perpo sample` needs from a generation engine.
-
-    Contract: the responses of a request depend only on the request, the arguments and `seed` (never on the other
-    requests of the call), so sampling is reproducible whatever the batching or restart point.
-    """
-
-    def generate(
-        self,
-        requests: Sequence[SampleRequest],
-        *,
-        n: int,
-        temperature: float,
-        top_p: float,
-        max_new_tokens: int,
-        seed: int,
-    ) -> list[list[str]]:
-        """For each request, its `n` responses (sample i drawn from the stream keyed by (seed, key, i))."""
-        ...
-
-
-BackendLoader = Callable[..., GenerationBackend]
-"""`loader(cfg: SampleConfig, *, device, dtype) -> GenerationBackend` (device: this rank's, already resolved)."""
-
-
-def load_model_and_processor(model: str, *, adapter: str = "", device: str = "cpu", dtype: str = "float32"):
-    """A checkpoint of a supported family for sampling (`perpo.model.modeling`: class by `model_type`), with a LoRA
-    adapter merged in (one set of weights: faster generation, the same model), and its processor.
-
-    Raises:
-        ConfigError: a folder is missing, or the checkpoint is not of a supported family.
-    """
-    if not Path(model).is_dir():
-        raise ConfigError(f"model folder {model} not found (a local checkpoint saved with save_pretrained)")
-    if adapter and not (Path(adapter) / "adapter_config.json").is_file():
-        raise ConfigError(f"adapter folder {adapter} has no adapter_config.json (a peft LoRA adapter)")
-    try:
-        loaded = load_model(model, dtype=dtype, adapter=adapter or None, merge_adapter=True, device=device)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-    return loaded, load_processor(model)
-
-
-class HFBackend:
-    """The `hf` backend: batched `transformers` generation, Gumbel-max sampling per row (`perpo.model.generation`)."""
-
-    def __init__(self, model, processor):
-        self.model = model
-        self.processor = processor
-
-    def generate(
-        self,
-        requests: Sequence[SampleRequest],
-        *,
-        n: int,
-        temperature: float,
-        top_p: float,
-        max_new_tokens: int,
-        seed: int,
-    ) -> list[list[str]]:
-        from perpo.io import load_image
-        from perpo.model.generation import GenerationRequest, generate
-        from perpo.model.prompts import chat_prompt
-
-        batch = [
-            GenerationRequest(
-                prompt=chat_prompt(self.processor, r.question, with_image=r.image is not None),
-                image=load_image(r.image) if r.image is not None else None,
-                key=r.key,
-            )
-            for r in requests
-        ]
-        return generate(
-            self.model,
-            self.processor,
-            batch,
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
-        )
-
-
-def load_hf_backend(cfg: SampleConfig, *, device: str = "cpu", dtype: str = "float32") -> HFBackend:
-    """The `hf` backend for `cfg.model` (+ optional LoRA adapter)."""
-    return HFBackend(*load_model_and_processor(cfg.model, adapter=cfg.adapter, device=device, dtype=dtype))
-
-
-def load_vllm_backend(cfg: SampleConfig, *, device: str = "cuda", dtype: str = "bfloat16"):
-    """The `vllm` backend (perpo.sampling.vllm_backend; imported only when asked for)."""
-    from perpo.sampling.vllm_backend import load_vllm_backend
-
-    return load_vllm_backend(cfg, device=device, dtype=dtype)
-
-
-BACKENDS: dict[str, BackendLoader] = {"hf": load_hf_backend, "vllm": load_vllm_backend}
-"""Generation backends by name. A new engine registers a loader here; see docs/data.md."""
-
-
-def sampler_settings(cfg: SampleConfig, device: str) -> dict[str, Any]:
-    """The `sampler` dict: every setting that determines the responses (stored in each record and the sidecar)."""
-    from perpo.model.generation import SAMPLING_DEFAULTS
-
-    engine = {"engine": {"tensor_parallel_size": cfg.tensor_parallel_size} | json.loads(cfg.vllm_args or "{}")}
-    return (engine if cfg.backend == "vllm" else {}) | {
-        "backend": cfg.backend,
-        "model": cfg.model,
-        "model_fingerprint": checkpoint_fingerprint(cfg.model),
-        "adapter": cfg.adapter,
-        "adapter_fingerprint": checkpoint_fingerprint(cfg.adapter) if cfg.adapter else None,
-        "n": cfg.n,
-        "temperature": cfg.temperature,
-        "top_p": cfg.top_p,
-        **SAMPLING_DEFAULTS,  # set by both backends, never taken from the checkpoint's generation_config
-        "max_new_tokens": cfg.max_new_tokens,
-        "seed": cfg.seed,
-        "dtype": str(resolve_dtype(cfg.dtype, device)).removeprefix("torch."),
-        "device": device.split(":")[0],
-    }
-
-
-def settings_path(out: str | Path) -> Path:
-    """The sidecar `<out>.sampler.json` holding the settings an output file was made with."""
-    out = Path(out)
-    return out.with_name(out.name + SETTINGS_SUFFIX)
-
-
-def _comparable(settings: dict) -> dict:
-    """Settings as compared on resume: a checkpoint is identified by its fingerprint, not by where it lies."""
-    keys = {"model": "model_fingerprint", "adapter": "adapter_fingerprint"}
-    return {k: v for k, v in settings.items() if not (k in keys and settings.get(keys[k]) is not None)}
-
-
-def check_settings(out: Path, settings: dict) -> None:
-    """Refuse to append to `out` when its sidecar records other settings (or is missing).
-
-    Raises:
-        ConfigError: naming the differing keys, both values, and the fix.
-    """
-    sidecar = settings_path(out)
-    if not sidecar.is_file():
-        raise ConfigError(
-            f"{out} holds samples but its settings file {sidecar} is missing, so a resume cannot be checked. "
-            "Write to a new --out, or delete the old output."
-        )
-    changes = _differences(json.loads(sidecar.read_text(encoding="utf-8"))["sampler"], settings, "now")
-    if changes:
-        raise ConfigError(
-            f"{out} was sampled with other settings ({changes}). Appending would mix two samplers in one file: "
-            "use the original settings to resume, or write to a new --out."
-        )
-
-
-def _differences(previous: dict, settings: dict, label: str) -> str:
-    """The settings that differ, as "key: <in the file> in the file, <other> <label>; ..." ("" when none)."""
-    old, new = _comparable(previous), _comparable(settings)
-    differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    return "; ".join(f"{k}: {old.get(k)!r} in the file, {new.get(k)!r} {label}" for k in differing)
-
-
-def recover_output(out: Path) -> list[bytes]:
-    """Complete lines of an interrupted output; a torn last line (a write cut by a kill) is truncated away.
-
-    Returns:
-        The complete lines (with their newline), in file order.
-    """
-    if not out.exists():
-        return []
-    data = out.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        logger.warning("%s: dropping a torn last line of %d bytes (an interrupted write)", out, len(data) - end)
-        with out.open("r+b") as handle:
-            handle.truncate(end)
-            handle.flush()
-            os.fsync(handle.fileno())
-    return data[:end].splitlines(keepends=True)
-
-
-def finished_ids(out: Path, lines: Sequence[bytes], instructions: dict[str, dict], settings: dict) -> set[str]:
-    """Ids already sampled in `out`, after checking each line against the schema, the settings and its instruction.
-
-    Raises:
-        RecordError: a line is not valid, repeats an id, names an unknown id, or no longer matches its instruction.
-    """
-    done: set[str] = set()
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise RecordError(f"{out}:{number}: not valid JSON ({err.msg}); the file is damaged") from err
-        validate_record(record, stage="samples", source=str(out), line=number)
-        key = record["id"]
-        if key in done:
-            raise RecordError(f"{out}:{number}: id {key!r} appears twice")
-        if key not in instructions:
-            raise RecordError(f"{out}:{number}: id {key!r} is not in the instruction file; use a new --out")
-        instruction = instructions[key]
-        changed = [f for f in _INSTRUCTION_FIELDS if record.get(f) != instruction.get(f)]
-        if changed:
-            raise RecordError(
-                f"{out}:{number}: field '{changed[0]}' of {key!r} differs from the instruction file: the "
-                "instructions changed since this output was sampled; use a new --out"
-            )
-        if _comparable(record.get("sampler", {})) != _comparable(settings):
-            raise RecordError(f"{out}:{number}: field 'sampler' differs from the run's settings {settings}")
-        done.add(key)
-    return done
-
-
-def sampled_record(instruction: dict, responses: list[str], settings: dict) -> dict:
-    """The output record: the instruction plus its responses (in sampling order) and the sampler settings."""
-    record = {k: v for k, v in instruction.items() if k not in _SAMPLED_FIELDS}
-    return record | {"responses": list(responses), "sampler": settings}
 
 
 def check_box_units(records: Sequence[dict], model, processor, image_dir: Path, source: Path) -> None:
@@ -495,87 +269,6 @@ def run_sample(cfg: SampleConfig, backend: GenerationBackend | None = None) -> d
         if created:
             dist.destroy_process_group()
     return summary | {"merged": merged, "rank": launch.rank, "shards": launch.world}
-
-
-PART_PATTERN = re.compile(r"\.part-(\d+)-of-(\d+)$")
-
-
-def part_path(out: str | Path, rank: int, world: int) -> Path:
-    """The file rank `rank` of `world` writes its shard to, beside `out`: `<out>.part-R-of-W`."""
-    out = Path(out)
-    return out.with_name(f"{out.name}.part-{rank:03d}-of-{world:03d}")
-
-
-def find_parts(out: str | Path) -> list[tuple[Path, int, int]]:
-    """The part files beside `out`: (path, rank, world), by rank."""
-    out = Path(out)
-    found = []
-    for path in out.parent.glob(f"{glob.escape(out.name)}.part-*-of-*"):
-        match = PART_PATTERN.search(path.name)
-        if match and path.name == part_path(out, int(match[1]), int(match[2])).name:
-            found.append((path, int(match[1]), int(match[2])))
-    return sorted(found, key=lambda part: part[1])
-
-
-def merge_parts(cfg: SampleConfig) -> int:
-    """Fold the part files of a sharded run into `cfg.out` and delete them.
-
-    The merged file is `out`'s own lines followed by the parts' records in instruction-file order, so a fresh
-    sharded run gives the bytes of a one-process run. Records already in `out` (a merge cut short after its
-    rename) are skipped. The new `out` is written to a temporary file and renamed over the old one.
-
-    Returns:
-        How many records moved from the parts into `out`.
-
-    Raises:
-        ConfigError: a part was sampled with settings other than `out`'s or the other parts'.
-    """
-    from perpo.io import write_json
-
-    out = Path(cfg.out)
-    parts = find_parts(out)
-    if not parts:
-        return 0
-    kept = recover_output(out)
-    settings, runs, first = None, [], out
-    if kept:
-        sidecar = json.loads(settings_path(out).read_text(encoding="utf-8"))
-        settings, runs = sidecar["sampler"], sidecar["runs"]
-    done = {json.loads(line)["id"] for line in kept}
-    new: dict[str, bytes] = {}
-    for path, _, _ in parts:
-        lines = recover_output(path)
-        if not lines:
-            continue
-        sidecar = json.loads(settings_path(path).read_text(encoding="utf-8"))
-        if settings is None:
-            settings, first = sidecar["sampler"], path
-        changes = _differences(sidecar["sampler"], settings, f"in {first}")
-        if changes:
-            raise ConfigError(
-                f"{path} was sampled with other settings than {first} ({changes}): the shards come from different "
-                "runs. Delete the stray part file, or resume it with its own settings before merging."
-            )
-        runs += sidecar["runs"]
-        for line in lines:
-            key = json.loads(line)["id"]
-            if key not in done:
-                new.setdefault(key, line)
-    if new:
-        order = {r["id"]: i for i, r in enumerate(load_records(Path(cfg.instructions), stage="instructions"))}
-        write_json(settings_path(out), {"sampler": settings, "runs": runs})
-        tmp = out.with_name(out.name + ".merging")
-        with tmp.open("wb") as handle:
-            handle.write(b"".join(kept))
-            handle.write(b"".join(new[k] for k in sorted(new, key=lambda k: order.get(k, len(order)))))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, out)
-    for path, _, _ in parts:
-        path.unlink()
-        settings_path(path).unlink(missing_ok=True)
-    logger.info("%s: merged %d instructions from %d part files", out, len(new), len(parts))
-    return len(new)
 
 
 def _run_local_processes(cfg: SampleConfig) -> dict:
@@ -744,7 +437,3 @@ def sample_shard(cfg: SampleConfig, backend: GenerationBackend | None = None, la
             bar.update(len(batch))
     bar.close()
     return summary | {"sampled": len(todo), "seconds": round(time.perf_counter() - began, 2)}
-
-
-def _file_settings(out: Path) -> dict:
-    return json.loads(settings_path(out).read_text(encoding="utf-8"))["sampler"]

@@ -148,7 +148,7 @@ def test_training_collator_heldout_vllm_grpo_and_the_task_see_the_padded_photo(s
     from lmms_tasks.grounding import doc_to_visual
     from lmms_tasks.models.perpo_llava import PerpoLlava
     from perpo.model.quickeval import evaluate_grounding
-    from perpo.sampling.sample import SampleRequest
+    from perpo.sampling.backends import SampleRequest
     from perpo.sampling.vllm_backend import VLLMBackend
     from perpo.training.grpo import prompt_dataset
 

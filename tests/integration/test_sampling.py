@@ -17,15 +17,9 @@ from perpo.config import ConfigError
 from perpo.data.schema import dump_record, load_records
 from perpo.data.sources import synth_instructions, write_records
 from perpo.distributed import Launch
-from perpo.sampling.sample import (
-    HFBackend,
-    SampleConfig,
-    find_parts,
-    load_model_and_processor,
-    part_path,
-    run_sample,
-    sample_shard,
-)
+from perpo.sampling.backends import HFBackend, load_model_and_processor
+from perpo.sampling.sample import SampleConfig, run_sample, sample_shard
+from perpo.sampling.shards import find_parts, part_path
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[2]

@@ -15,15 +15,9 @@ import pytest
 from perpo.config import ConfigError
 from perpo.data.schema import RecordError, dump_record, load_records
 from perpo.model.modeling import checkpoint_fingerprint as fingerprint
-from perpo.sampling.sample import (
-    SampleConfig,
-    find_parts,
-    merge_parts,
-    part_path,
-    recover_output,
-    run_sample,
-    settings_path,
-)
+from perpo.sampling.resume import recover_output, settings_path
+from perpo.sampling.sample import SampleConfig, run_sample
+from perpo.sampling.shards import find_parts, merge_parts, part_path
 
 
 class FakeBackend:

@@ -13,7 +13,10 @@ import pytest
 
 from perpo.config import ConfigError
 from perpo.data.schema import dump_record, load_records
-from perpo.sampling.sample import SampleConfig, SampleRequest, part_path, run_sample, settings_path
+from perpo.sampling.backends import SampleRequest
+from perpo.sampling.resume import settings_path
+from perpo.sampling.sample import SampleConfig, run_sample
+from perpo.sampling.shards import part_path
 from perpo.sampling.vllm_backend import VLLMBackend, engine_args, merged_checkpoint, request_seed, responses_of
 
 
