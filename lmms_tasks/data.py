@@ -198,6 +198,59 @@ def load_synth_docs(split: str):
     return _grounding_dataset(rows, root, ENV_SYNTH_DIR)
 
 
+def _probe_scenes(split: str):
+    """The synthetic scenes of `split` (and of train, for POPE's popular objects) from `$PERPO_SYNTH_DIR`."""
+    from perpo.embedded.synth_probe import read_scenes
+
+    root = env_folder(ENV_SYNTH_DIR, PREPARE_SYNTH, "synthetic benchmark")
+    if not (root / "synth" / "instances.json").is_file():
+        raise _fail(f"{root / 'synth' / 'instances.json'} not found ({ENV_SYNTH_DIR}={root}). Prepare the folder "
+                    f"with `{PREPARE_SYNTH}`.")  # fmt: skip
+    scenes = read_scenes(root)
+    if split not in scenes:
+        raise _fail(f"{root / f'synth_{split}.jsonl'} not found ({ENV_SYNTH_DIR}={root}). Prepare the folder with "
+                    f"`{PREPARE_SYNTH}`.")  # fmt: skip
+    return root, scenes
+
+
+def _probe_dataset(rows: list[dict], root: Path, scenes) -> object:
+    import datasets
+
+    sizes = {scene.image: (scene.width, scene.height) for scene in scenes}
+    images = _resolve_images([row["image"] for row in rows], root, ENV_SYNTH_DIR)
+    docs = [
+        {**row, "image": image, "width": sizes[row["image"]][0], "height": sizes[row["image"]][1]}
+        for row, image in zip(rows, images, strict=True)
+    ]
+    return datasets.Dataset.from_list(docs)
+
+
+def load_pope_docs(split: str, method: str):
+    """POPE's yes/no probes (`perpo.embedded.synth_probe.pope_rows`) on the synthetic scenes of `split`, the absent
+    objects chosen by `method`; "popular" counts the objects of the train scenes.
+
+    Raises:
+        DataNotFoundError: the variable, the folder, its annotations or the split (or, for "popular", the train
+            split) is missing.
+    """
+    from perpo.embedded.synth_probe import pope_rows, popularity
+
+    root, scenes = _probe_scenes(split)
+    if method == "popular" and "train" not in scenes:
+        raise _fail(f"POPE's popular objects are counted on the train scenes: {root / 'synth_train.jsonl'} not "
+                    f"found ({ENV_SYNTH_DIR}={root}).")  # fmt: skip
+    rows = pope_rows(scenes[split], method, popular=popularity(scenes.get("train", [])), split=split)
+    return _probe_dataset(rows, root, scenes[split])
+
+
+def load_describe_docs(split: str):
+    """The description probe (`perpo.embedded.synth_probe.describe_rows`) on the synthetic scenes of `split`."""
+    from perpo.embedded.synth_probe import describe_rows
+
+    root, scenes = _probe_scenes(split)
+    return _probe_dataset(describe_rows(scenes[split], split=split), root, scenes[split])
+
+
 def refcoco_source() -> str:
     """`PERPO_REFCOCO_SOURCE` (default `local`), checked.
 

@@ -22,6 +22,10 @@ handed, which the task resizes itself to the size Qwen2.5-VL's processor would m
 `_qwen3` asks the same and reads the box as Qwen3-VL writes it, relative on a 0-1000 grid of the image.
 
 Fox page OCR: `perpo_fox_<en|cn>_page` with variants `_bon20`, `_noimg`, `_blankimg`.
+
+Probes of the synthetic scenes beside grounding (`lmms_tasks.probes`): POPE's yes/no questions
+`perpo_synth_pope_<random|popular|adversarial>[_blankimg]` and descriptions `perpo_synth_describe[_blankimg]` on the
+test scenes, `perpo_synth_val_pope_<method>` and `perpo_synth_val_describe` on the val scenes.
 """
 
 from __future__ import annotations
@@ -119,6 +123,49 @@ OCR_METRICS = [
     *[_metric(f"{name}_textbook") for name in ("precision", "recall", "bleu", "meteor")],
     RECORD_METRIC,
 ]
+
+
+PROBE_TEMPLATE_NAME = "_probe_template_yaml"
+POPE_METHODS = ("random", "popular", "adversarial")
+POPE_METRICS = [
+    *[_metric(k, True, Function(k)) for k in ("pope_accuracy", "pope_precision", "pope_recall", "pope_f1")],
+    {"metric": "pope_yes_ratio", "aggregation": Function("pope_yes_ratio"), "higher_is_better": None},
+    RECORD_METRIC,
+]
+DESCRIBE_METRICS = [
+    *[_metric(k, True, Function(k)) for k in ("describe_precision", "describe_recall", "describe_f1")],
+    *[_metric(k, False, Function(k)) for k in ("chair_i", "chair_s")],
+    RECORD_METRIC,
+]
+
+
+def probe_template() -> dict:
+    """The shared part of the POPE and description probes: the scene as it is, the question as it is."""
+    return {
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": PLACEHOLDER}},
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_visual": Function("visual_scene"),
+        "doc_to_text": Function("text_probe"),
+        "doc_to_target": "target",
+        "generation_kwargs": {**GREEDY, "max_new_tokens": 16},
+        "lmms_eval_specific_kwargs": {"default": {"pre_prompt": "", "post_prompt": ""}},
+        "metadata": {"version": VERSION},
+    }
+
+
+def probe_task(task: str, loader: str, kind: str, image: str) -> dict:
+    """One POPE (`kind` "pope") or description ("describe") task, with the image or a blank one (`image`)."""
+    config: dict = {"include": PROBE_TEMPLATE_NAME, "task": task, "process_docs": Function(loader)}
+    if image == "blank":
+        config["doc_to_visual"] = Function("visual_blank")
+    config["process_results"] = Function(f"results_{kind}")
+    if kind == "describe":
+        config["generation_kwargs"] = {**GREEDY, "max_new_tokens": 48}
+    config["metric_list"] = POPE_METRICS if kind == "pope" else DESCRIBE_METRICS
+    config["metadata"] = {"version": VERSION, "image": image}
+    return config
 
 
 def _bon_metrics(name: str, samples: int, higher_is_better: bool = True) -> list[dict]:
@@ -299,6 +346,21 @@ def synth_configs() -> dict[str, dict]:
             tasks.append(task)
         name = f"perpo_synth{variant.suffix}"
         files[f"{name}.yaml"] = group(name, tasks)
+    files[PROBE_TEMPLATE_NAME] = probe_template()
+    for suffix, image in (("", "image"), ("_blankimg", "blank")):
+        tasks = [f"perpo_synth_pope_{method}{suffix}" for method in POPE_METHODS]
+        for task, method in zip(tasks, POPE_METHODS, strict=True):
+            files[f"{task}.yaml"] = probe_task(task, f"pope_test_{method}", "pope", image)
+        files[f"perpo_synth_pope{suffix}.yaml"] = group(f"perpo_synth_pope{suffix}", tasks, metrics=())
+        task = f"perpo_synth_describe{suffix}"
+        files[f"{task}.yaml"] = probe_task(task, "describe_test", "describe", image)
+    tasks = [f"perpo_synth_val_pope_{method}" for method in POPE_METHODS]
+    for task, method in zip(tasks, POPE_METHODS, strict=True):
+        files[f"{task}.yaml"] = probe_task(task, f"pope_val_{method}", "pope", "image")
+    files["perpo_synth_val_pope.yaml"] = group("perpo_synth_val_pope", tasks, metrics=())
+    files["perpo_synth_val_describe.yaml"] = probe_task(
+        "perpo_synth_val_describe", "describe_val", "describe", "image"
+    )
     return files
 
 

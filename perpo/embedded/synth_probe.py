@@ -35,11 +35,14 @@ ALL_OBJECTS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOURS for s i
 
 @dataclass(frozen=True)
 class Scene:
-    """One synthetic scene: its image (relative to the benchmark folder) and its shapes as (colour, shape) pairs."""
+    """One synthetic scene: its image (relative to the benchmark folder), its shapes as (colour, shape) pairs and
+    the image's size."""
 
     image_id: int
     image: str
     objects: tuple[tuple[str, str], ...]
+    width: int
+    height: int
 
 
 def read_scenes(data: str | Path) -> dict[str, list[Scene]]:
@@ -47,7 +50,7 @@ def read_scenes(data: str | Path) -> dict[str, list[Scene]]:
     data = Path(data)
     instances = json.loads(utf8_text(data / "synth" / "instances.json"))
     names = {c["id"]: c["name"] for c in instances["categories"]}
-    files = {i["id"]: i["file_name"] for i in instances["images"]}
+    images = {i["id"]: i for i in instances["images"]}
     objects: dict[int, list[tuple[str, str]]] = {}
     for a in instances["annotations"]:
         objects.setdefault(a["image_id"], []).append((a["colour"], names[a["category_id"]]))
@@ -55,7 +58,10 @@ def read_scenes(data: str | Path) -> dict[str, list[Scene]]:
     for path in sorted(data.glob("synth_*.jsonl")):
         split = path.stem.removeprefix("synth_")
         ids = sorted({row["image_id"] for row in read_jsonl(path)})
-        scenes[split] = [Scene(i, f"images/{files[i]}", tuple(objects[i])) for i in ids]
+        scenes[split] = [
+            Scene(i, f"images/{images[i]['file_name']}", tuple(objects[i]), images[i]["width"], images[i]["height"])
+            for i in ids
+        ]
     return scenes
 
 
@@ -106,6 +112,7 @@ def pope_rows(
                     "image": scene.image,
                     "question": POPE_QUESTION.format(object=name),
                     "answer": answer,
+                    "target": answer,
                     "object": name,
                     "method": method,
                 }
@@ -122,6 +129,7 @@ def describe_rows(scenes: Sequence[Scene], split: str = "") -> list[dict]:
             "image": scene.image,
             "question": DESCRIBE_QUESTION,
             "objects": [list(pair) for pair in scene.objects],
+            "target": ", ".join(" ".join(pair) for pair in scene.objects),
         }
         for scene in scenes
     ]

@@ -35,8 +35,10 @@ OCR = ("edit_dist", "f1", "precision", "recall", "bleu", "meteor", "precision_te
 PERPO_TASKS = [
     "perpo_synth_val", "perpo_synth_val_orig", "perpo_synth_val_bon4", "perpo_synth_val_noimg",
     "perpo_refcoco_plus", "perpo_refcoco_val", "perpo_refcoco_val_orig", "perpo_fox_en_page",
-    "perpo_fox_cn_page_noimg",
+    "perpo_fox_cn_page_noimg", "perpo_synth_pope", "perpo_synth_pope_random_blankimg", "perpo_synth_describe",
 ]  # fmt: skip
+POPE = ("pope_accuracy", "pope_precision", "pope_recall", "pope_f1", "pope_yes_ratio")
+DESCRIBE = ("describe_precision", "describe_recall", "describe_f1", "chair_i", "chair_s")
 LLAVA_HF_TASKS = ["perpo_synth_val", "perpo_synth_val_bon4", "perpo_synth_val_blankimg", "perpo_refcoco_val_orig",
                   "perpo_fox_en_page"]  # fmt: skip
 LIMIT = 3
@@ -140,6 +142,24 @@ def check_best_of_n(values: dict, rows: list[dict], n: int) -> None:
         assert len(row["filtered_resps"]) == n and len(row["record"]["responses"]) == n
 
 
+def check_probes(results: dict, samples: dict) -> None:
+    """The POPE group (three ways of choosing absent objects), a blank-image POPE task and the description task."""
+    from perpo.objectives.metrics.pope import read_yes_no
+
+    values = results["results"]
+    assert set(results["group_subtasks"]["perpo_synth_pope"]) == {
+        "perpo_synth_pope_random", "perpo_synth_pope_popular", "perpo_synth_pope_adversarial"
+    }  # fmt: skip
+    for task in ("perpo_synth_pope_random", "perpo_synth_pope_adversarial", "perpo_synth_pope_random_blankimg"):
+        assert all(0.0 <= values[task][f"{key},none"] <= 1.0 for key in POPE), task
+        assert values[task]["record,none"] == LIMIT
+        for row in samples[task]:
+            record = row["record"]
+            assert record["read_as"] == read_yes_no(record["response"]) and record["answer"] in ("yes", "no")
+    assert all(0.0 <= values["perpo_synth_describe"][f"{key},none"] <= 1.0 for key in DESCRIBE)
+    assert [len(row["record"]["counts"]) for row in samples["perpo_synth_describe"]] == [4] * LIMIT
+
+
 def check_perpo_llava_run(results: dict, samples: dict) -> None:
     values = results["results"]
     check_grounding(values["perpo_synth_val"], samples["perpo_synth_val"], "padded")
@@ -157,6 +177,7 @@ def check_perpo_llava_run(results: dict, samples: dict) -> None:
         for key in OCR:
             assert 0.0 <= values[task][f"{key},none"] <= 1.0, (task, key)
         assert [r["record"]["language"] for r in samples[task]] == [task.split("_")[2]] * 2
+    check_probes(results, samples)
     # the no-image documents really had no image; the image tasks did
     assert all("input_media" in row for row in samples["perpo_synth_val"])
     assert results["throughput"]["avg_docs_per_s"] > 0

@@ -16,6 +16,7 @@ TASK_NAME = re.compile(
     r"^perpo_(refcoco|refcoco_plus|refcocog|synth|fox)_(val|testA|testB|test|en_page|cn_page)"
     r"(_orig|_orig_lmmsprompt|_bon\d+|_orig_bon\d+|_noimg|_blankimg|_qwen|_qwen3)?$"
 )
+PROBE_NAME = re.compile(r"^perpo_synth_(val_)?(pope_(random|popular|adversarial)|describe)(_blankimg)?$")
 
 
 class FunctionRef(str):
@@ -66,14 +67,26 @@ def test_every_yaml_is_complete_and_its_hooks_exist(folder):
         config = load(path)
         assert config["metadata"]["version"] == taskgen.VERSION, path.name
         if "group" in config:
-            assert config["group"] == path.stem and all(TASK_NAME.match(t) for t in config["task"])
+            names = config["task"]
+            assert config["group"] == path.stem and all(TASK_NAME.match(t) or PROBE_NAME.match(t) for t in names)
             continue
         config = resolved(folder, path.name)
-        assert TASK_NAME.match(config["task"]) and config["task"] == path.stem
+        assert (TASK_NAME.match(config["task"]) or PROBE_NAME.match(config["task"])) and config["task"] == path.stem
         for name in functions(config):
             assert name.startswith("utils.") and callable(getattr(utils, name.split(".", 1)[1])), (path.name, name)
         keys = {m["metric"] for m in config["metric_list"]}
         assert "record" in keys
+        if PROBE_NAME.match(path.stem):
+            kind = "pope" if "_pope_" in path.stem else "describe"
+            blank = path.stem.endswith("_blankimg")
+            assert config["doc_to_visual"] == ("utils.visual_blank" if blank else "utils.visual_scene")
+            assert config["process_results"] == f"utils.results_{kind}"
+            assert config["metadata"]["image"] == ("blank" if blank else "image")
+            assert all(
+                m["aggregation"] == f"utils.{m['metric']}" for m in config["metric_list"] if m["metric"] != "record"
+            )
+            assert {"pope_f1", "pope_yes_ratio"} <= keys if kind == "pope" else {"describe_f1", "chair_i"} <= keys
+            continue
         if "_bon" in path.stem:
             samples = int(re.search(r"_bon(\d+)", path.stem).group(1))
             assert config["repeats"] == samples and config["generation_kwargs"]["temperature"] == 0.5

@@ -46,7 +46,7 @@ def test_pope_is_balanced_and_its_answers_are_true(scenes, method):
 
 
 def test_popular_asks_the_most_frequent_absent_objects_and_adversarial_the_close_ones():
-    scene = Scene(7, "images/x.png", (("red", "circle"), ("blue", "square")))
+    scene = Scene(7, "images/x.png", (("red", "circle"), ("blue", "square")), 64, 64)
     popular = Counter({("green", "triangle"): 9, ("yellow", "triangle"): 8, ("red", "square"): 1})
     absent = [r["object"] for r in pope_rows([scene], "popular", popular=popular) if r["answer"] == "no"]
     assert absent == ["green triangle", "yellow triangle"]
@@ -60,7 +60,7 @@ def test_popular_asks_the_most_frequent_absent_objects_and_adversarial_the_close
 
 
 def test_unknown_methods_and_too_small_scenes_are_refused():
-    scene = Scene(1, "images/x.png", (("red", "circle"), ("red", "circle")))
+    scene = Scene(1, "images/x.png", (("red", "circle"), ("red", "circle")), 64, 64)
     with pytest.raises(ValueError, match="one of random, popular, adversarial"):
         pope_rows([scene], "frequent", popular=Counter())
     with pytest.raises(ValueError, match="scene 1 has 1 distinct objects"):
