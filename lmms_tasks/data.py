@@ -213,7 +213,7 @@ def _probe_scenes(split: str):
     return root, scenes
 
 
-def _probe_dataset(rows: list[dict], root: Path, scenes) -> object:
+def _probe_dataset(rows: list[dict], root: Path, scenes):
     import datasets
 
     sizes = {scene.image: (scene.width, scene.height) for scene in scenes}

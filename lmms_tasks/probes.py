@@ -40,7 +40,7 @@ def process_pope(doc: dict, results: Sequence[str]) -> dict:
 
 
 def pope_metric(key: str, items: Sequence[Sequence[str]]) -> float:
-    return pope_scores((label, prediction) for label, prediction in items)[key]
+    return pope_scores(items)[key]  # each item is a [label, prediction] pair
 
 
 def process_describe(doc: dict, results: Sequence[str]) -> dict:

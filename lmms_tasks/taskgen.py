@@ -139,20 +139,33 @@ DESCRIBE_METRICS = [
 ]
 
 
-def probe_template() -> dict:
-    """The shared part of the POPE and description probes: the scene as it is, the question as it is."""
-    return {
+def _template(
+    visual: str, text: str, target: str, generation: dict, results: str | None = None, metrics: list | None = None
+) -> dict:
+    """The part every task template shares (a placeholder dataset its `process_docs` replaces) around its hooks;
+    `results` and `metrics` may be left to each task."""
+    config: dict = {
         "dataset_path": "json",
         "dataset_kwargs": {"data_files": {"test": PLACEHOLDER}},
         "test_split": "test",
         "output_type": "generate_until",
-        "doc_to_visual": Function("visual_scene"),
-        "doc_to_text": Function("text_probe"),
-        "doc_to_target": "target",
-        "generation_kwargs": {**GREEDY, "max_new_tokens": 16},
-        "lmms_eval_specific_kwargs": {"default": {"pre_prompt": "", "post_prompt": ""}},
-        "metadata": {"version": VERSION},
+        "doc_to_visual": Function(visual),
+        "doc_to_text": Function(text),
+        "doc_to_target": target,
     }
+    if results:
+        config["process_results"] = Function(results)
+    config["generation_kwargs"] = generation
+    config["lmms_eval_specific_kwargs"] = {"default": {"pre_prompt": "", "post_prompt": ""}}
+    if metrics:
+        config["metric_list"] = metrics
+    config["metadata"] = {"version": VERSION}
+    return config
+
+
+def probe_template() -> dict:
+    """The shared part of the POPE and description probes: the scene as it is, the question as it is."""
+    return _template("visual_scene", "text_probe", "target", {**GREEDY, "max_new_tokens": 16})
 
 
 def probe_task(task: str, loader: str, kind: str, image: str) -> dict:
@@ -205,20 +218,7 @@ KEEP_ALL = [{"name": "none", "filter": [{"function": Function("KeepAllResponses"
 
 def grounding_template() -> dict:
     """The shared part of every grounding task (the default variant's hooks)."""
-    return {
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": PLACEHOLDER}},
-        "test_split": "test",
-        "output_type": "generate_until",
-        "doc_to_visual": Function("visual_padded"),
-        "doc_to_text": Function("text_llava15"),
-        "doc_to_target": "gt_padded",
-        "process_results": Function("results_padded"),
-        "generation_kwargs": GREEDY,
-        "lmms_eval_specific_kwargs": {"default": {"pre_prompt": "", "post_prompt": ""}},
-        "metric_list": GROUNDING_METRICS,
-        "metadata": {"version": VERSION},
-    }
+    return _template("visual_padded", "text_llava15", "gt_padded", GREEDY, "results_padded", GROUNDING_METRICS)
 
 
 def grounding_task(task: str, loader: str, variant: Variant) -> dict:
@@ -263,20 +263,7 @@ def grounding_task(task: str, loader: str, variant: Variant) -> dict:
 
 
 def ocr_template() -> dict:
-    return {
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": PLACEHOLDER}},
-        "test_split": "test",
-        "output_type": "generate_until",
-        "doc_to_visual": Function("visual_page"),
-        "doc_to_text": Function("text_fox"),
-        "doc_to_target": "reference",
-        "process_results": Function("results_ocr"),
-        "generation_kwargs": OCR_GREEDY,
-        "lmms_eval_specific_kwargs": {"default": {"pre_prompt": "", "post_prompt": ""}},
-        "metric_list": OCR_METRICS,
-        "metadata": {"version": VERSION},
-    }
+    return _template("visual_page", "text_fox", "reference", OCR_GREEDY, "results_ocr", OCR_METRICS)
 
 
 def ocr_task(task: str, loader: str, variant: Variant) -> dict:

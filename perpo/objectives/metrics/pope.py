@@ -18,6 +18,7 @@ a balanced split, whatever the model says).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 POPE_METRIC_KEYS: tuple[str, ...] = ("pope_accuracy", "pope_precision", "pope_recall", "pope_f1", "pope_yes_ratio")
@@ -39,14 +40,13 @@ def pope_scores(pairs: Iterable[tuple[str, str]]) -> dict[str, float]:
     Raises:
         ValueError: a label or prediction that is not "yes" or "no", or no pairs at all.
     """
-    tp = fp = tn = fn = 0
+    counts: Counter = Counter()
     for label, prediction in pairs:
         if label not in ("yes", "no") or prediction not in ("yes", "no"):
             raise ValueError(f"POPE labels and predictions are 'yes' or 'no', got {label!r} and {prediction!r}")
-        if prediction == "yes":
-            tp, fp = (tp + 1, fp) if label == "yes" else (tp, fp + 1)
-        else:
-            tn, fn = (tn + 1, fn) if label == "no" else (tn, fn + 1)
+        counts[label, prediction] += 1
+    tp, fp = counts["yes", "yes"], counts["no", "yes"]
+    tn, fn = counts["no", "no"], counts["yes", "no"]
     total = tp + fp + tn + fn
     if total == 0:
         raise ValueError("POPE metrics need at least one answer")
